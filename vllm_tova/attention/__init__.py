@@ -1,0 +1,1 @@
+"""TOVA attention backends: they write K/V themselves, score, evict and reuse freed slots."""

@@ -1,0 +1,198 @@
+"""TOVA attention in plain torch: the correctness baseline, and the CPU backend.
+
+Per layer and step: attend each new query over the sequence's retained entries plus the
+step's own new tokens (taken from activations, not from the cache), score the entries by
+the policy, drop the weakest, and write the surviving new tokens into the freed slots.
+The cache layout is our own, (2, num_blocks, block_size, num_kv_heads, head_size), so it
+does not depend on the CPU kernels' instruction-set-specific packing.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from vllm.config import get_current_vllm_config
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionLayer,
+    AttentionType,
+    MultipleOf,
+)
+
+from vllm_tova.attention.metadata import ChunkRow, DecodeRows, TovaMetadata, TovaMetadataBuilder
+from vllm_tova.config import TovaConfig
+from vllm_tova.policy import EvictionPolicy, get_policy
+
+
+class TovaTorchBackend(AttentionBackend):
+    forward_includes_kv_cache_update: bool = True
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list] = ["auto"]
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"
+
+    @staticmethod
+    def get_supported_kernel_block_sizes() -> list[int | MultipleOf]:
+        return [MultipleOf(16)]
+
+    @staticmethod
+    def get_impl_cls() -> type["TovaTorchImpl"]:
+        return TovaTorchImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[TovaMetadataBuilder]:
+        return TovaMetadataBuilder
+
+    @staticmethod
+    def get_kv_cache_shape(
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_size: int,
+        cache_dtype_str: str = "auto",
+    ) -> tuple[int, ...]:
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type == AttentionType.DECODER
+
+    @staticmethod
+    def use_cascade_attention(*args, **kwargs) -> bool:
+        return False
+
+
+class TovaTorchImpl(AttentionImpl):
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int,
+        alibi_slopes: list[float] | None,
+        sliding_window: int | None,
+        kv_cache_dtype: str,
+        logits_soft_cap: float | None = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        sinks: torch.Tensor | None = None,
+    ) -> None:
+        unsupported = {
+            "ALiBi": alibi_slopes is not None,
+            "sliding-window attention": sliding_window is not None,
+            "logit soft-capping": bool(logits_soft_cap),
+            "attention sinks": sinks is not None,
+            "cross-layer KV sharing": kv_sharing_target_layer_name is not None,
+            f"{attn_type} attention": attn_type != AttentionType.DECODER,
+            f"kv_cache_dtype={kv_cache_dtype}": kv_cache_dtype != "auto",
+        }
+        refused = [name for name, present in unsupported.items() if present]
+        if refused:
+            raise NotImplementedError(
+                f"vllm-tova KV eviction does not support {', '.join(refused)}; "
+                "run this model without a kv_policy."
+            )
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.group = num_heads // num_kv_heads
+        settings = TovaConfig.from_additional_config(get_current_vllm_config().additional_config)
+        self.budget = settings.budget
+        self.policy: EvictionPolicy = get_policy(settings.policy)
+
+    def forward(
+        self,
+        layer: AttentionLayer,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: TovaMetadata | None,
+        output: torch.Tensor,
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """query (tokens, heads, d); key/value (tokens, kv_heads, d); output (tokens, heads, d)."""
+        if attn_metadata is None:  # profiling run
+            return output
+        key_cache, value_cache = (c.flatten(0, 1) for c in kv_cache.unbind(0))
+        if attn_metadata.decode is not None:
+            self._decode(attn_metadata.decode, query, key, value, key_cache, value_cache, output)
+        for row in attn_metadata.chunks:
+            self._chunk(row, query, key, value, key_cache, value_cache, output)
+        return output
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched GQA attention in float32.
+
+        q (B, Q, H, d); k, v (B, N, KV, d); mask (B, Q, N) True = visible.
+        Returns output (B, Q, H, d) in q's dtype and weights (B, Q, H, N) float32.
+        """
+        b, nq = q.shape[:2]
+        qf = q.float().view(b, nq, self.num_kv_heads, self.group, self.head_size)
+        logits = torch.einsum("bqkgd,bnkd->bqkgn", qf, k.float()) * self.scale
+        logits = logits.masked_fill(~mask[:, :, None, None, :], float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+        out = torch.einsum("bqkgn,bnkd->bqkgd", weights, v.float())
+        return (
+            out.reshape(b, nq, self.num_heads, self.head_size).to(q.dtype),
+            weights.reshape(b, nq, self.num_heads, -1),
+        )
+
+    def _decode(self, rows: DecodeRows, query, key, value, key_cache, value_cache, output) -> None:
+        new_k, new_v = key[rows.tokens], value[rows.tokens]
+        k = torch.cat([key_cache[rows.slots], new_k[:, None]], dim=1)
+        v = torch.cat([value_cache[rows.slots], new_v[:, None]], dim=1)
+        out, weights = self._attend(query[rows.tokens][:, None], k, v, rows.valid[:, None])
+        output[rows.tokens] = out[:, 0]
+
+        # Full rows lose their weakest entry; the new token takes its slot (unless it is the
+        # weakest itself). Other rows append at logical slot `retained`.
+        scores = self.policy.score(weights[:, 0])
+        evicted = self.policy.evict_one(scores, rows.valid)
+        num_cached = rows.slots.shape[1]
+        target = rows.append_slot
+        write = torch.ones_like(rows.full)
+        if num_cached > 0:
+            freed = torch.gather(rows.slots, 1, evicted.clamp(max=num_cached - 1)[:, None])[:, 0]
+            target = torch.where(rows.full, freed, target)
+            write = ~rows.full | (evicted != num_cached)
+        key_cache[target[write]] = new_k[write]
+        value_cache[target[write]] = new_v[write]
+
+    def _chunk(self, row: ChunkRow, query, key, value, key_cache, value_cache, output) -> None:
+        tokens = slice(row.first_token, row.first_token + row.num_tokens)
+        old = row.slots[: row.retained]
+        k = torch.cat([key_cache[old], key[tokens]])
+        v = torch.cat([value_cache[old], value[tokens]])
+        # Retained entries are visible to every query of the chunk; the chunk is causal.
+        n = row.retained + row.num_tokens
+        mask = torch.ones(row.num_tokens, n, dtype=torch.bool, device=k.device)
+        mask[:, row.retained :] = torch.ones(
+            row.num_tokens, row.num_tokens, dtype=torch.bool, device=k.device
+        ).tril()
+        out, weights = self._attend(query[tokens][None], k[None], v[None], mask[None])
+        output[tokens] = out[0]
+
+        # Keep the K best entries by the chunk's last query; new survivors fill the freed
+        # slots, lowest first, so retained entries stay packed into logical [0, kept).
+        keep = self.policy.keep_top(self.policy.score(weights[:, -1])[0], self.budget)
+        kept_old = torch.zeros(row.retained, dtype=torch.bool, device=k.device)
+        kept_old[keep[keep < row.retained]] = True
+        new_kept = keep[keep >= row.retained]
+        free = torch.cat(
+            [
+                torch.nonzero(~kept_old).flatten(),
+                torch.arange(row.retained, len(keep), device=k.device),
+            ]
+        )
+        target = row.slots[free]
+        key_cache[target] = k[new_kept]
+        value_cache[target] = v[new_kept]

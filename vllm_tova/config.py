@@ -1,0 +1,77 @@
+"""TOVA settings: parsed once from ``VllmConfig.additional_config``.
+
+``additional_config`` travels with the VllmConfig to EngineCore and every worker and is part
+of the config hash, so one validated dataclass built from it is the single source of truth
+for the block manager, the scheduler and the attention backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from vllm_tova.policy import POLICIES
+
+#: Keys read from ``additional_config`` (the CLI flags of the serving issue map onto them).
+POLICY_KEY = "kv_policy"
+BUDGET_KEY = "kv_budget"
+CHUNK_KEY = "kv_prefill_chunk"
+
+DEFAULT_PREFILL_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class TovaConfig:
+    """One server-wide KV eviction setting.
+
+    policy: name of the eviction policy ("none" = stock vLLM).
+    budget: K, the most tokens each sequence keeps per layer.
+    prefill_chunk: C, prompt tokens absorbed per step before an eviction round; the
+        scheduler hands prompts over in exactly these chunks so results never depend on
+        what else is in the batch.
+    """
+
+    policy: str = "none"
+    budget: int = 0
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy != "none"
+
+    @classmethod
+    def from_additional_config(cls, extra: Mapping[str, Any] | None) -> "TovaConfig":
+        """Parse and validate; errors name the key and the allowed range."""
+        extra = extra or {}
+        policy = extra.get(POLICY_KEY, "none")
+        allowed = ["none", *POLICIES]
+        if policy not in allowed:
+            raise ValueError(f"{POLICY_KEY}={policy!r} is not supported; choose one of {allowed}.")
+        if policy == "none":
+            return cls()
+        budget = _positive_int(extra, BUDGET_KEY, None)
+        chunk = _positive_int(extra, CHUNK_KEY, DEFAULT_PREFILL_CHUNK)
+        return cls(policy=policy, budget=budget, prefill_chunk=chunk)
+
+    def validate_against(self, block_size: int, max_num_batched_tokens: int) -> None:
+        """Checks that need the engine's resolved settings."""
+        if self.budget < block_size:
+            raise ValueError(
+                f"{BUDGET_KEY}={self.budget} is smaller than the KV block size {block_size}; "
+                f"use a budget >= {block_size} (or a smaller --block-size)."
+            )
+        if self.prefill_chunk > max_num_batched_tokens:
+            raise ValueError(
+                f"{CHUNK_KEY}={self.prefill_chunk} exceeds max_num_batched_tokens="
+                f"{max_num_batched_tokens}: a prompt chunk must fit one step; use "
+                f"1 <= {CHUNK_KEY} <= {max_num_batched_tokens} or raise --max-num-batched-tokens."
+            )
+
+
+def _positive_int(extra: Mapping[str, Any], key: str, default: int | None) -> int:
+    value = extra.get(key, default)
+    if value is None:
+        raise ValueError(f"{key} is required when {POLICY_KEY} is set (an integer >= 1).")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}={value!r} must be an integer >= 1.")
+    return value

@@ -1,0 +1,80 @@
+"""Block side of TOVA (EngineCore): a KV-cache spec and a manager that cap each sequence.
+
+The attention backend keeps a sequence's retained tokens packed into its first
+``min(tokens_seen, K)`` slots (incoming tokens are attended from activations, then written
+into slots freed by eviction), so a sequence never needs more than ``ceil(K / block_size)``
+blocks. Capping here is what lets the scheduler admit many more sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Self
+
+from vllm.config import VllmConfig
+from vllm.utils.math_utils import cdiv
+from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
+
+
+def blocks_per_sequence(budget: int, block_size: int) -> int:
+    """Most blocks one sequence ever holds with K = ``budget``."""
+    return cdiv(budget, block_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TovaAttentionSpec(FullAttentionSpec):
+    """Full-attention layout whose per-sequence footprint is capped at ``kv_budget`` tokens."""
+
+    kv_budget: int = 0
+
+    @property
+    def max_blocks_per_sequence(self) -> int:
+        return blocks_per_sequence(self.kv_budget, self.block_size)
+
+    def max_memory_usage_bytes(self, vllm_config: VllmConfig) -> int:
+        # Startup checks ("does one max_model_len request fit?") and the concurrency
+        # estimate both read this: report the capped size, not max_model_len's.
+        full = cdiv(vllm_config.model_config.max_model_len, self.block_size)
+        return min(full, self.max_blocks_per_sequence) * self.page_size_bytes
+
+    @classmethod
+    def merge(cls, specs: list[Self]) -> Self:
+        budgets = {spec.kv_budget for spec in specs}
+        if len(budgets) != 1:
+            raise ValueError(f"All TOVA layers of a KV-cache group need one budget, got {budgets}.")
+        return replace(super().merge(specs), kv_budget=budgets.pop())
+
+
+class TovaKVCacheManager(FullAttentionManager):
+    """FullAttentionManager whose block count stops growing at the TOVA cap.
+
+    Both the admission count (``get_num_blocks_to_allocate``) and the allocation
+    (``allocate_new_blocks``) clamp the same token count, so BlockPool never sees a request
+    for more blocks than were reserved.
+    """
+
+    def _clamp(self, num_tokens: int) -> int:
+        assert isinstance(self.kv_cache_spec, TovaAttentionSpec)
+        return min(num_tokens, self.kv_cache_spec.max_blocks_per_sequence * self.block_size)
+
+    def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:
+        return super().get_num_blocks_to_allocate(request_id, self._clamp(num_tokens), *args, **kwargs)
+
+    def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int):
+        return super().allocate_new_blocks(
+            request_id, self._clamp(num_tokens), self._clamp(num_tokens_main_model)
+        )
+
+
+def register_kv_cache_spec() -> None:
+    """Register spec + manager (idempotent).
+
+    vLLM registers its built-in specs only while the registry is empty, so make it register
+    them first; otherwise FullAttentionSpec layers of a stock engine would find no manager.
+    """
+    KVCacheSpecRegistry._ensure_registered()
+    KVCacheSpecRegistry.register(
+        TovaAttentionSpec, TovaKVCacheManager, uniform_type_base_spec=FullAttentionSpec
+    )

@@ -1,0 +1,124 @@
+"""Patch 1: ``EngineArgs.create_engine_config`` (see the index in ``__init__``)."""
+
+from __future__ import annotations
+
+import functools
+
+from vllm.config import VllmConfig
+from vllm.engine.arg_utils import EngineArgs
+from vllm.logger import init_logger
+from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+CUSTOM = AttentionBackendEnum.CUSTOM
+
+from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, POLICY_KEY, TovaConfig
+from vllm_tova.kv_manager import blocks_per_sequence
+
+logger = init_logger("vllm.tova")
+
+_ORIGINAL = EngineArgs.create_engine_config
+
+
+def apply() -> None:
+    if getattr(EngineArgs.create_engine_config, "_vllm_tova", False):
+        return
+
+    @functools.wraps(_ORIGINAL)
+    def create_engine_config(self: EngineArgs, *args, **kwargs) -> VllmConfig:
+        settings = TovaConfig.from_additional_config(self.additional_config)
+        if not settings.enabled:
+            return _ORIGINAL(self, *args, **kwargs)
+        _prepare_args(self, settings)
+        config = _ORIGINAL(self, *args, **kwargs)
+        _check_config(config, settings)
+        _adjust_config(config)
+        _log_startup(config, settings)
+        return config
+
+    create_engine_config._vllm_tova = True  # type: ignore[attr-defined]
+    EngineArgs.create_engine_config = create_engine_config
+
+
+def _prepare_args(args: EngineArgs, settings: TovaConfig) -> None:
+    if args.enable_prefix_caching:
+        raise ValueError(
+            f"--enable-prefix-caching cannot be combined with {POLICY_KEY}={settings.policy}: "
+            "evicted slots are overwritten in place, so cached blocks would be wrong. "
+            "Drop the flag (vllm-tova turns prefix caching off)."
+        )
+    args.enable_prefix_caching = False
+    chosen = args.attention_backend
+    if args.attention_config.backend is not None or chosen not in (None, "CUSTOM", CUSTOM):
+        raise ValueError(
+            f"--attention-backend {chosen or args.attention_config.backend} cannot be combined "
+            f"with {POLICY_KEY}={settings.policy}: the TOVA backend is selected automatically; "
+            "drop the flag."
+        )
+    args.attention_backend = "CUSTOM"
+
+
+def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
+    """Refuse what the TOVA backend cannot honour, naming the setting."""
+    model = config.model_config
+    sched = config.scheduler_config
+    refusals = {
+        "speculative decoding (--speculative-config)": config.speculative_config is not None,
+        "KV connectors (--kv-transfer-config)": config.kv_transfer_config is not None,
+        "pipeline parallelism (--pipeline-parallel-size > 1)": (
+            config.parallel_config.pipeline_parallel_size > 1
+        ),
+        "MLA attention models": model.use_mla,
+        "hybrid (Mamba / linear-attention) models": model.is_hybrid,
+        "attention-free models": model.is_attention_free,
+        "sliding-window attention models": (
+            model.get_sliding_window() is not None
+            or any("sliding" in str(t) for t in getattr(model.hf_text_config, "layer_types", None) or ())
+        ),
+    }
+    refused = [name for name, present in refusals.items() if present]
+    if refused:
+        raise ValueError(
+            f"{POLICY_KEY}={settings.policy} does not support {', '.join(refused)}; "
+            f"remove {POLICY_KEY} or those settings."
+        )
+    settings.validate_against(config.cache_config.block_size, sched.max_num_batched_tokens)
+    threshold = sched.long_prefill_token_threshold
+    if 0 < threshold < settings.prefill_chunk:
+        raise ValueError(
+            f"--long-prefill-token-threshold {threshold} is below {CHUNK_KEY}="
+            f"{settings.prefill_chunk}; prompt chunks could never be scheduled. Use "
+            f"{CHUNK_KEY} <= {threshold} or a larger threshold."
+        )
+    if settings.budget >= model.max_model_len:
+        logger.warning(
+            "%s=%d >= max_model_len=%d: nothing will ever be evicted.",
+            BUDGET_KEY,
+            settings.budget,
+            model.max_model_len,
+        )
+
+
+def _adjust_config(config: VllmConfig) -> None:
+    # The chunk-aligned scheduler keeps results independent of batch composition.
+    sched = config.scheduler_config
+    name = "TovaAsyncScheduler" if sched.async_scheduling else "TovaScheduler"
+    sched.scheduler_cls = f"vllm_tova.scheduler.{name}"
+
+
+def _log_startup(config: VllmConfig, settings: TovaConfig) -> None:
+    block_size = config.cache_config.block_size
+    max_len = config.model_config.max_model_len
+    cap = blocks_per_sequence(settings.budget, block_size)
+    full = -(-max_len // block_size)
+    logger.info(
+        "vllm-tova: policy=%s budget=%d prefill_chunk=%d block_size=%d -> at most %d KV blocks "
+        "per sequence (a full %d-token sequence needs %d): up to %.1fx more sequences per KV pool.",
+        settings.policy,
+        settings.budget,
+        settings.prefill_chunk,
+        block_size,
+        cap,
+        max_len,
+        full,
+        full / cap,
+    )

@@ -1,0 +1,62 @@
+"""Scheduler that hands prompts to TOVA in fixed chunks (EngineCore).
+
+TOVA evicts after each prompt chunk, scored by the chunk's last query, so the chunk
+boundaries are part of the result. vLLM cuts a prefill wherever the step's token budget
+runs out, which depends on the rest of the batch. These schedulers cut prompts only at
+multiples of ``kv_prefill_chunk`` (or the prompt's end), and replay the tokens of a
+preempted request one per step, as they were first decoded, so a request's output never
+depends on its neighbours or on preemption.
+
+vLLM 0.26 already has the hook: ``_mamba_block_aligned_split`` clips a prefill chunk to an
+aligned end and skips the request for the step when nothing aligned fits.
+"""
+
+from __future__ import annotations
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request
+
+from vllm_tova.config import TovaConfig
+
+
+def aligned_chunk(start: int, num_new_tokens: int, prompt_len: int, chunk: int) -> int:
+    """Tokens to schedule from ``start``: up to the next chunk end, or 0 if it does not fit.
+
+    Prompt tokens go in chunks of ``chunk`` aligned to the prompt start; tokens past the
+    prompt (replayed output after preemption) go one at a time.
+    """
+    if start < prompt_len:
+        end = min((start // chunk + 1) * chunk, prompt_len)
+    else:
+        end = start + 1
+    wanted = end - start
+    return wanted if num_new_tokens >= wanted else 0
+
+
+class _ChunkAlignedMixin:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tova_chunk = TovaConfig.from_additional_config(
+            self.vllm_config.additional_config
+        ).prefill_chunk
+        self.need_mamba_block_aligned_split = True
+
+    def _mamba_block_aligned_split(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        num_new_local_computed_tokens: int = 0,
+        num_external_computed_tokens: int = 0,
+    ) -> int:
+        start = request.num_computed_tokens + num_new_local_computed_tokens
+        start += num_external_computed_tokens
+        return aligned_chunk(start, num_new_tokens, request.num_prompt_tokens, self.tova_chunk)
+
+
+class TovaScheduler(_ChunkAlignedMixin, Scheduler):
+    pass
+
+
+class TovaAsyncScheduler(_ChunkAlignedMixin, AsyncScheduler):
+    pass

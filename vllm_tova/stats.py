@@ -1,0 +1,67 @@
+"""Run a batch through a vLLM engine step by step and read vLLM's own scheduler stats.
+
+Used by the demo, the tests and the benchmarks: "how many sequences ran at once" comes from
+vLLM's Prometheus gauges (``vllm:num_requests_running``), read after every engine step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from vllm import LLM, RequestOutput, SamplingParams
+
+
+@dataclass
+class RunStats:
+    outputs: list[RequestOutput] = field(default_factory=list)
+    peak_running: int = 0
+    preemptions: int = 0
+    peak_kv_usage: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(len(o.outputs[0].token_ids) for o in self.outputs)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(o.prompt_token_ids or ()) for o in self.outputs)
+
+
+def _metric(llm: LLM, name: str) -> float:
+    return sum(m.value for m in llm.get_metrics() if m.name == name and hasattr(m, "value"))
+
+
+def run_batch(
+    llm: LLM,
+    prompts: list[list[int]],
+    params: SamplingParams | list[SamplingParams],
+    stop_at_first_finish: bool = False,
+) -> RunStats:
+    """Generate for token-id prompts; outputs in prompt order. Needs ``disable_log_stats=False``.
+
+    With ``stop_at_first_finish`` the run ends (remaining requests aborted) as soon as one
+    request finishes: enough to read peak concurrency for equal-length requests, cheaply.
+    """
+    engine = llm.llm_engine
+    per_request = params if isinstance(params, list) else [params] * len(prompts)
+    stats = RunStats()
+    preempted_before = _metric(llm, "vllm:num_preemptions")
+    start = time.perf_counter()
+    for i, (prompt, p) in enumerate(zip(prompts, per_request, strict=True)):
+        engine.add_request(str(i), {"prompt_token_ids": prompt}, p)
+    finished: dict[int, RequestOutput] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[int(out.request_id)] = out
+        stats.peak_running = max(stats.peak_running, int(_metric(llm, "vllm:num_requests_running")))
+        stats.peak_kv_usage = max(stats.peak_kv_usage, _metric(llm, "vllm:kv_cache_usage_perc"))
+        if stop_at_first_finish and finished:
+            engine.abort_request([str(i) for i in range(len(prompts)) if i not in finished])
+            break
+    stats.seconds = time.perf_counter() - start
+    stats.preemptions = int(_metric(llm, "vllm:num_preemptions") - preempted_before)
+    stats.outputs = [finished[i] for i in sorted(finished)]
+    return stats
