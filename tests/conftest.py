@@ -1,20 +1,18 @@
 """Shared fixtures: the real SmolLM2 model, real Austen text, and vLLM engine helpers.
 
-Engines start in ~30 s on CPU, so each test module builds its engines once (module scope)
-and shuts them down before the next module starts.
+Engines start in ~60 s on this CPU, so tests share them through the session-wide
+``engines`` fixture, which keeps one alive at a time (an idle engine takes no CPU).
 """
 
 from __future__ import annotations
 
-import gc
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from vllm_tova import assets
+from vllm_tova.stats import open_llm
 
 # vLLM's CPU sampler is torch.compile'd; inductor's per-process probe compiling test programs
 # for each vector ISA costs ~15 s of every engine start. cpuinfo flags still pick the ISA.
@@ -52,15 +50,35 @@ def tova(budget: int, chunk: int, policy: str = "tova") -> dict:
     return {"kv_policy": policy, "kv_budget": budget, "kv_prefill_chunk": chunk}
 
 
-@contextmanager
-def engine(model_path: Path, **overrides) -> Iterator["object"]:
-    """A vLLM LLM with the test defaults; shut down on exit so the next one has the CPUs."""
-    from vllm import LLM
+class Engines:
+    """Keeps at most one engine alive; consecutive users of the same settings share it.
 
-    llm = LLM(str(model_path), **{**ENGINE_DEFAULTS, **overrides})
-    try:
-        yield llm
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
+    Starting an engine is the slowest part of these tests, so modules that use the same
+    settings one after the other (isolation, then the K=128 reference case) reuse one.
+    """
+
+    def __init__(self, model_path: Path) -> None:
+        self.model_path = model_path
+        self.key: str | None = None
+        self.current = None
+        self.llm = None
+
+    def get(self, **overrides):
+        key = repr(sorted(overrides.items()))
+        if key != self.key:
+            self.close()
+            self.current = open_llm(str(self.model_path), **{**ENGINE_DEFAULTS, **overrides})
+            self.llm, self.key = self.current.__enter__(), key
+        return self.llm
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.__exit__(None, None, None)
+        self.current = self.llm = self.key = None
+
+
+@pytest.fixture(scope="session")
+def engines(model_path: Path):
+    pool = Engines(model_path)
+    yield pool
+    pool.close()

@@ -6,11 +6,9 @@ gauge after every engine step), not computed from block arithmetic.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from vllm import SamplingParams
 
-from tests.conftest import engine, tova
+from tests.conftest import tova
 from vllm_tova.kv_manager import blocks_per_sequence
 from vllm_tova.stats import run_batch
 
@@ -22,18 +20,17 @@ POOL_BLOCKS = 2 * FULL_BLOCKS + 1  # two full sequences (+ vLLM's reserved null 
 NUM_REQUESTS = 20
 
 
-def _peak(model_path: Path, austen_ids: list[int], **overrides):
+def _peak(engines, austen_ids: list[int], extra: dict):
     prompts = [austen_ids[i * 2000 : i * 2000 + PROMPT_LEN] for i in range(NUM_REQUESTS)]
     params = SamplingParams(max_tokens=NUM_GENERATED, temperature=0, ignore_eos=True)
-    with engine(model_path, kv_cache_memory_bytes=POOL_BLOCKS * PAGE_BYTES, **overrides) as llm:
-        num_blocks = llm.llm_engine.vllm_config.cache_config.num_gpu_blocks
-        stats = run_batch(llm, prompts, params, stop_at_first_finish=True)
-    return stats, num_blocks
+    llm = engines.get(additional_config=extra, kv_cache_memory_bytes=POOL_BLOCKS * PAGE_BYTES)
+    stats = run_batch(llm, prompts, params, stop_at_first_finish=True)
+    return stats, llm.llm_engine.vllm_config.cache_config.num_gpu_blocks
 
 
-def test_tova_runs_many_more_sequences_per_pool(model_path: Path, austen_ids: list[int]) -> None:
-    stock, stock_blocks = _peak(model_path, austen_ids)
-    capped, tova_blocks = _peak(model_path, austen_ids, additional_config=tova(BUDGET, 256))
+def test_tova_runs_many_more_sequences_per_pool(engines, austen_ids: list[int]) -> None:
+    stock, stock_blocks = _peak(engines, austen_ids, {})
+    capped, tova_blocks = _peak(engines, austen_ids, tova(BUDGET, 256))
     assert stock_blocks == tova_blocks == POOL_BLOCKS
     ratio = capped.peak_running / stock.peak_running
     print(

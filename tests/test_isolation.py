@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from vllm import SamplingParams
 
-from tests.conftest import engine, tova
+from tests.conftest import tova
 from vllm_tova.stats import run_batch
 
-BUDGET, CHUNK = 128, 128
-LENGTHS = [40, 1500, 75, 300, 130, 900, 60, 1100, 200, 45, 700, 129, 1300, 90, 500, 256]
-NUM_GENERATED = [48, 40, 56, 32] * 4
+BUDGET, CHUNK = 128, 256  # the K=128 reference case reuses this engine
+LENGTHS = [40, 1500, 75, 300, 130, 700, 60, 900, 200, 45, 500, 129, 1000, 90, 400, 256]
+NUM_GENERATED = [24, 16, 32, 20] * 4
 PAGE_BYTES = 32 * 3 * 64 * 2 * 4 * 30  # block_size * kv_heads * head_dim * (K, V) * fp32 * layers
 
 
 def _prompts(austen_ids: list[int]) -> list[list[int]]:
-    return [austen_ids[7 * i * 1000 : 7 * i * 1000 + n] for i, n in enumerate(LENGTHS)]
+    prompts = [austen_ids[3_500 * i : 3_500 * i + n] for i, n in enumerate(LENGTHS)]
+    assert [len(p) for p in prompts] == LENGTHS
+    return prompts
 
 
 def _params(i: int) -> SamplingParams:
@@ -25,31 +25,35 @@ def _params(i: int) -> SamplingParams:
 
 
 @pytest.fixture(scope="module")
-def alone_and_batched(model_path: Path, austen_ids: list[int]):
+def runs(engines, austen_ids: list[int]):
+    """Tokens per request: alone, in one batch, and in one batch on a tiny KV pool.
+
+    The tiny pool runs first so the roomy engine stays up for the next module.
+    """
     prompts = _prompts(austen_ids)
-    with engine(model_path, additional_config=tova(BUDGET, CHUNK)) as llm:
-        alone = [
-            list(llm.generate([{"prompt_token_ids": p}], _params(i))[0].outputs[0].token_ids)
-            for i, p in enumerate(prompts)
-        ]
-        batch = llm.generate([{"prompt_token_ids": p} for p in prompts], [_params(i) for i in range(16)])
-    return alone, [list(o.outputs[0].token_ids) for o in batch]
+    params = [_params(i) for i in range(len(prompts))]
+    # 11 blocks: two sequences at their cap (4 blocks each) plus a little; short prompts are
+    # admitted, grow past what is free, and must be preempted.
+    tiny = engines.get(additional_config=tova(BUDGET, CHUNK), kv_cache_memory_bytes=11 * PAGE_BYTES)
+    preempted = run_batch(tiny, prompts, params)
+    llm = engines.get(additional_config=tova(BUDGET, CHUNK))
+    alone = [_tokens(llm.generate([{"prompt_token_ids": p}], params[i])[0]) for i, p in enumerate(prompts)]
+    batched = [_tokens(o) for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params)]
+    return alone, batched, preempted
 
 
-def test_batched_equals_alone(alone_and_batched) -> None:
-    alone, batched = alone_and_batched
+def _tokens(output) -> list[int]:
+    return list(output.outputs[0].token_ids)
+
+
+def test_batched_equals_alone(runs) -> None:
+    alone, batched, _ = runs
     for i, (a, b) in enumerate(zip(alone, batched)):
         assert a == b, f"request {i} (prompt {LENGTHS[i]} tokens) changed inside the batch"
 
 
-def test_preempted_equals_alone(alone_and_batched, model_path: Path, austen_ids: list[int]) -> None:
-    alone, _ = alone_and_batched
-    # 10 blocks: two sequences at their cap (4 blocks each) plus a little; short prompts are
-    # admitted, grow, and must be preempted.
-    with engine(
-        model_path, additional_config=tova(BUDGET, CHUNK), kv_cache_memory_bytes=11 * PAGE_BYTES
-    ) as llm:
-        stats = run_batch(llm, _prompts(austen_ids), [_params(i) for i in range(16)])
-    assert stats.preemptions > 0, "the KV pool was meant to force preemption"
-    for i, out in enumerate(stats.outputs):
-        assert list(out.outputs[0].token_ids) == alone[i], f"request {i} changed after preemption"
+def test_preempted_equals_alone(runs) -> None:
+    alone, _, preempted = runs
+    assert preempted.preemptions > 0, "the KV pool was meant to force preemption"
+    for i, out in enumerate(preempted.outputs):
+        assert _tokens(out) == alone[i], f"request {i} changed after preemption"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from vllm import SamplingParams
 
-from tests.conftest import engine, tova
+from tests.conftest import tova
 from vllm_tova.reference import TovaReference
 
-CASES = [(64, 128), (64, 512), (128, 256)]  # (K, C): both budgets, three chunk sizes
+CASES = [(128, 256), (64, 128), (64, 512)]  # (K, C): both budgets, three chunk sizes
 PROMPTS = [(2_000, 310), (20_000, 1_500)]  # (offset, length) in Emma's tokens
 NUM_GENERATED = 200
 LOGIT_TIE = 1e-3  # top-2 logits closer than this are a tie in fp32 across implementations
@@ -29,13 +29,12 @@ def reference(model_path: Path) -> TovaReference:
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"K{k}-C{c}" for k, c in CASES])
-def vllm_run(request, model_path: Path, austen_ids: list[int]):
+def vllm_run(request, engines, austen_ids: list[int]):
     budget, chunk = request.param
     prompts = [austen_ids[start : start + length] for start, length in PROMPTS]
     params = SamplingParams(max_tokens=NUM_GENERATED, temperature=0, logprobs=1, ignore_eos=True)
-    with engine(model_path, additional_config=tova(budget, chunk)) as llm:
-        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
-    # The engine is shut down before the reference runs, so it has the CPUs to itself.
+    llm = engines.get(additional_config=tova(budget, chunk))
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
     return budget, chunk, prompts, [o.outputs[0] for o in outputs]
 
 

@@ -6,7 +6,10 @@ vLLM's Prometheus gauges (``vllm:num_requests_running``), read after every engin
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vllm import LLM, RequestOutput, SamplingParams
@@ -27,6 +30,18 @@ class RunStats:
     @property
     def prompt_tokens(self) -> int:
         return sum(len(o.prompt_token_ids or ()) for o in self.outputs)
+
+
+@contextmanager
+def open_llm(model: str, **kwargs) -> Iterator[LLM]:
+    """An ``LLM`` that is shut down on exit, so the next engine gets the machine to itself."""
+    llm = LLM(model, **kwargs)
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
 
 
 def _metric(llm: LLM, name: str) -> float:
