@@ -43,7 +43,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=128, help="TOVA budget K (tokens per layer)")
     parser.add_argument("--prefill-chunk", type=int, default=256, help="prompt chunk C")
     parser.add_argument("--prompt-len", type=int, default=1000)
-    parser.add_argument("--gen-len", type=int, default=64)
+    parser.add_argument("--gen-len", type=int, default=128)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument(
         "--pool-sequences", type=int, default=2, help="KV pool size, in full stock sequences"
