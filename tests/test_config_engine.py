@@ -13,7 +13,8 @@ from tests.conftest import tova
 
 def _config(model_path: Path, **kwargs):
     vllm_tova.register()  # as vLLM's plugin loader does in every process
-    return EngineArgs(model=str(model_path), block_size=32, max_model_len=2048, **kwargs).create_engine_config()
+    args = EngineArgs(model=str(model_path), block_size=32, max_model_len=2048, **kwargs)
+    return args.create_engine_config()
 
 
 def test_no_policy_leaves_vllm_stock(model_path: Path) -> None:

@@ -19,7 +19,9 @@ def reference(model_path: Path) -> TovaReference:
 def test_without_eviction_matches_hf_eager(model_path: Path, austen_ids: list[int], reference) -> None:
     prompt = austen_ids[500:800]
     ours = reference.generate(prompt, 24, budget=None, prefill_chunk=64)
-    hf = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32, attn_implementation="eager")
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(model_path), dtype=torch.float32, attn_implementation="eager"
+    )
     with torch.inference_mode():
         out = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
     assert ours.tokens == out[0, len(prompt) :].tolist()

@@ -101,7 +101,7 @@ def main() -> None:
 
     print(
         f"\nvllm-tova demo: SmolLM2-135M-Instruct ({args.dtype}) on Jane Austen's Emma, vLLM "
-        f"{vllm.__version__} CPU engine, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+        f"{vllm.__version__} CPU engine, {os.cpu_count()} cores ({platform.machine()})"
     )
     print(
         f"workload: {args.requests} prompts x {args.prompt_len} tokens + {args.gen_len} generated; "

@@ -9,10 +9,10 @@ from vllm.engine.arg_utils import EngineArgs
 from vllm.logger import init_logger
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-CUSTOM = AttentionBackendEnum.CUSTOM
-
 from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, POLICY_KEY, TovaConfig
 from vllm_tova.kv_manager import blocks_per_sequence
+
+CUSTOM = AttentionBackendEnum.CUSTOM
 
 logger = init_logger("vllm.tova")
 
