@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vllm_tova import assets
-from vllm_tova.stats import open_llm
+from vllm_tova.stats import kv_block_bytes, open_llm
 
 # vLLM's CPU sampler is torch.compile'd; inductor's per-process probe compiling test programs
 # for each vector ISA costs ~15 s of every engine start. cpuinfo flags still pick the ISA.
@@ -44,6 +44,12 @@ def austen_ids(model_path: Path) -> list[int]:
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     return tokenizer(assets.austen_text("emma")[:300_000]).input_ids
+
+
+@pytest.fixture(scope="session")
+def block_bytes(model_path: Path) -> int:
+    """Bytes per KV block with the test defaults, to size KV pools in blocks."""
+    return kv_block_bytes(str(model_path), ENGINE_DEFAULTS["dtype"], ENGINE_DEFAULTS["block_size"])
 
 
 def tova(budget: int, chunk: int, policy: str = "tova") -> dict:

@@ -15,22 +15,23 @@ from vllm_tova.stats import run_batch
 BLOCK_SIZE, BUDGET = 32, 128
 PROMPT_LEN, NUM_GENERATED = 960, 64  # 1,024-token sequences, long enough to all be admitted
 FULL_BLOCKS = (PROMPT_LEN + NUM_GENERATED) // BLOCK_SIZE  # 32
-PAGE_BYTES = BLOCK_SIZE * 3 * 64 * 2 * 4 * 30  # kv_heads * head_dim * (K, V) * fp32 * layers
 POOL_BLOCKS = 2 * FULL_BLOCKS + 1  # two full sequences (+ vLLM's reserved null block)
 NUM_REQUESTS = 20
 
 
-def _peak(engines, austen_ids: list[int], extra: dict):
+def _peak(engines, austen_ids: list[int], block_bytes: int, extra: dict):
     prompts = [austen_ids[i * 2000 : i * 2000 + PROMPT_LEN] for i in range(NUM_REQUESTS)]
     params = SamplingParams(max_tokens=NUM_GENERATED, temperature=0, ignore_eos=True)
-    llm = engines.get(additional_config=extra, kv_cache_memory_bytes=POOL_BLOCKS * PAGE_BYTES)
+    llm = engines.get(additional_config=extra, kv_cache_memory_bytes=POOL_BLOCKS * block_bytes)
     stats = run_batch(llm, prompts, params, stop_at_first_finish=True)
     return stats, llm.llm_engine.vllm_config.cache_config.num_gpu_blocks
 
 
-def test_tova_runs_many_more_sequences_per_pool(engines, austen_ids: list[int]) -> None:
-    stock, stock_blocks = _peak(engines, austen_ids, {})
-    capped, tova_blocks = _peak(engines, austen_ids, tova(BUDGET, 256))
+def test_tova_runs_many_more_sequences_per_pool(
+    engines, austen_ids: list[int], block_bytes: int
+) -> None:
+    stock, stock_blocks = _peak(engines, austen_ids, block_bytes, {})
+    capped, tova_blocks = _peak(engines, austen_ids, block_bytes, tova(BUDGET, 256))
     assert stock_blocks == tova_blocks == POOL_BLOCKS
     ratio = capped.peak_running / stock.peak_running
     print(

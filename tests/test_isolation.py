@@ -11,7 +11,6 @@ from vllm_tova.stats import run_batch
 BUDGET, CHUNK = 128, 256  # the K=128 reference case reuses this engine
 LENGTHS = [40, 1500, 75, 300, 130, 700, 60, 900, 200, 45, 500, 129, 1000, 90, 400, 256]
 NUM_GENERATED = [24, 16, 32, 20] * 4
-PAGE_BYTES = 32 * 3 * 64 * 2 * 4 * 30  # block_size * kv_heads * head_dim * (K, V) * fp32 * layers
 
 
 def _prompts(austen_ids: list[int]) -> list[list[int]]:
@@ -25,7 +24,7 @@ def _params(i: int) -> SamplingParams:
 
 
 @pytest.fixture(scope="module")
-def runs(engines, austen_ids: list[int]):
+def runs(engines, austen_ids: list[int], block_bytes: int):
     """Tokens per request: alone, in one batch, and in one batch on a tiny KV pool.
 
     The tiny pool runs first so the roomy engine stays up for the next module.
@@ -34,7 +33,7 @@ def runs(engines, austen_ids: list[int]):
     params = [_params(i) for i in range(len(prompts))]
     # 11 blocks: two sequences at their cap (4 blocks each) plus a little; short prompts are
     # admitted, grow past what is free, and must be preempted.
-    tiny = engines.get(additional_config=tova(BUDGET, CHUNK), kv_cache_memory_bytes=11 * PAGE_BYTES)
+    tiny = engines.get(additional_config=tova(BUDGET, CHUNK), kv_cache_memory_bytes=11 * block_bytes)
     preempted = run_batch(tiny, prompts, params)
     llm = engines.get(additional_config=tova(BUDGET, CHUNK))
     alone = [_tokens(llm.generate([{"prompt_token_ids": p}], params[i])[0]) for i, p in enumerate(prompts)]

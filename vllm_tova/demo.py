@@ -20,7 +20,7 @@ from vllm.utils.math_utils import cdiv
 
 from vllm_tova import assets
 from vllm_tova.kv_manager import blocks_per_sequence
-from vllm_tova.stats import RunStats, open_llm, run_batch
+from vllm_tova.stats import RunStats, kv_block_bytes, open_llm, run_batch
 
 BLOCK_SIZE = 32
 
@@ -52,15 +52,6 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _bytes_per_block(model_dir: str, dtype: str) -> int:
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(model_dir)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    itemsize = 4 if dtype == "float32" else 2
-    return BLOCK_SIZE * cfg.num_key_value_heads * head_dim * 2 * itemsize * cfg.num_hidden_layers
-
-
 def main() -> None:
     args = _parse()
     os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # see tests/conftest.py
@@ -80,7 +71,7 @@ def main() -> None:
         max_model_len=max(2048, seq_len),
         max_num_seqs=max(32, args.requests),
         max_num_batched_tokens=max(1024, args.prefill_chunk),
-        kv_cache_memory_bytes=pool_blocks * _bytes_per_block(model, args.dtype),
+        kv_cache_memory_bytes=pool_blocks * kv_block_bytes(model, args.dtype, BLOCK_SIZE),
         disable_log_stats=False,
         seed=0,
     )

@@ -44,6 +44,16 @@ def open_llm(model: str, **kwargs) -> Iterator[LLM]:
         gc.collect()
 
 
+def kv_block_bytes(model: str, dtype: str, block_size: int) -> int:
+    """Bytes one KV block takes over all layers (K and V), to size a pool in blocks."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    itemsize = 4 if dtype == "float32" else 2
+    return block_size * cfg.num_key_value_heads * head_dim * 2 * itemsize * cfg.num_hidden_layers
+
+
 def _metric(llm: LLM, name: str) -> float:
     return sum(m.value for m in llm.get_metrics() if m.name == name and hasattr(m, "value"))
 
