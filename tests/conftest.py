@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vllm_tova import assets
+from vllm_tova.config import additional_config
 from vllm_tova.stats import kv_block_bytes, open_llm
 
 # vLLM's CPU sampler is torch.compile'd; inductor's per-process probe compiling test programs
@@ -52,8 +53,8 @@ def block_bytes(model_path: Path) -> int:
     return kv_block_bytes(str(model_path), ENGINE_DEFAULTS["dtype"], ENGINE_DEFAULTS["block_size"])
 
 
-def tova(budget: int, chunk: int, policy: str = "tova") -> dict:
-    return {"kv_policy": policy, "kv_budget": budget, "kv_prefill_chunk": chunk}
+def tova(budget: int, chunk: int) -> dict:
+    return additional_config("tova", budget, chunk)
 
 
 class Engines:

@@ -68,6 +68,11 @@ class TovaConfig:
             )
 
 
+def additional_config(policy: str, budget: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> dict:
+    """The ``additional_config`` entries that turn a policy on (``LLM(additional_config=...)``)."""
+    return {POLICY_KEY: policy, BUDGET_KEY: budget, CHUNK_KEY: prefill_chunk}
+
+
 def _positive_int(extra: Mapping[str, Any], key: str, default: int | None) -> int:
     value = extra.get(key, default)
     if value is None:

@@ -19,6 +19,7 @@ from vllm import SamplingParams
 from vllm.utils.math_utils import cdiv
 
 from vllm_tova import assets
+from vllm_tova.config import additional_config
 from vllm_tova.kv_manager import blocks_per_sequence
 from vllm_tova.stats import RunStats, kv_block_bytes, open_llm, run_batch
 
@@ -76,11 +77,7 @@ def main() -> None:
         seed=0,
     )
     params = SamplingParams(max_tokens=args.gen_len, temperature=0, ignore_eos=True)
-    tova = {
-        "kv_policy": "tova",
-        "kv_budget": args.budget,
-        "kv_prefill_chunk": args.prefill_chunk,
-    }
+    tova = additional_config("tova", args.budget, args.prefill_chunk)
     rows = []
     for label, extra, cap in [
         ("stock vLLM", {}, full_blocks),

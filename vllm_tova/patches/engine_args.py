@@ -7,6 +7,7 @@ import functools
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import EngineArgs
 from vllm.logger import init_logger
+from vllm.utils.math_utils import cdiv
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
 from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, POLICY_KEY, TovaConfig
@@ -109,7 +110,7 @@ def _log_startup(config: VllmConfig, settings: TovaConfig) -> None:
     block_size = config.cache_config.block_size
     max_len = config.model_config.max_model_len
     cap = blocks_per_sequence(settings.budget, block_size)
-    full = -(-max_len // block_size)
+    full = cdiv(max_len, block_size)
     logger.info(
         "vllm-tova: policy=%s budget=%d prefill_chunk=%d block_size=%d -> at most %d KV blocks "
         "per sequence (a full %d-token sequence needs %d): up to %.1fx more sequences per KV pool.",
