@@ -8,7 +8,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-BACKEND_PATH = "vllm_tova.attention.torch_backend.TovaTorchBackend"
+TORCH_BACKEND = "vllm_tova.attention.torch_backend.TovaTorchBackend"
+TRITON_BACKEND = "vllm_tova.attention.triton_backend.TovaTritonBackend"
+
+
+def backend_path() -> str:
+    """Triton kernels on CUDA; the plain-torch backend elsewhere (the CPU build)."""
+    from vllm.platforms import current_platform
+
+    return TRITON_BACKEND if current_platform.is_cuda() else TORCH_BACKEND
 
 
 def register() -> None:
@@ -20,4 +28,4 @@ def register() -> None:
 
     patches.apply_all()
     register_kv_cache_spec()
-    register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
+    register_backend(AttentionBackendEnum.CUSTOM, backend_path())

