@@ -1,6 +1,8 @@
-"""Run every GPU test and record the run as benchmarks/results/gpu-correctness-<device>.md.
+"""Run every GPU test and record the run in benchmarks/results/gpu-correctness-<device>.md.
 
-    python -m benchmarks.gpu_correctness
+    python -m benchmarks.gpu_correctness [PYTEST ARGS, e.g. -k reference]
+
+Each run is appended to the record as its own section.
 
 Needs a CUDA GPU with vLLM 0.26.0 and this package installed; the tests themselves skip
 without CUDA. The record holds the command, device, versions, each test's outcome and the
@@ -24,32 +26,33 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
-    command = [sys.executable, "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider", *TESTS]
+    command = [sys.executable, "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider", *TESTS, *sys.argv[1:]]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = done.stdout.splitlines()
-    outcomes = [line for line in lines if line.startswith("tests/") and "::" in line]
+    outcomes = [line.split(" INFO ")[0] for line in lines if line.startswith("tests/") and "::" in line]
     reports = [line[line.index("[gpu]") + 6 :] for line in lines if "[gpu]" in line]
     summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), "")
     record = "\n".join(
         [
-            f"# GPU correctness on {torch.cuda.get_device_name()}",
+            f"## Run of {datetime.datetime.now():%Y-%m-%d %H:%M} on {torch.cuda.get_device_name()}",
             "",
-            f"- command: `python -m benchmarks.gpu_correctness` (runs `{' '.join(command[1:])}`)",
-            f"- date: {datetime.date.today()}",
+            f"- command: `python -m benchmarks.gpu_correctness {' '.join(sys.argv[1:])}`",
+            f"- runs: `{' '.join(command[2:])}`",
             f"- vLLM {vllm.__version__}, torch {torch.__version__}",
             f"- outcome: {'PASS' if done.returncode == 0 else 'FAIL'} ({summary.strip('= ')})",
             "",
-            "## Tests",
+            "### Tests",
             *[f"- `{line}`" for line in outcomes],
             "",
-            "## Agreement",
+            "### Agreement",
             *[f"- {line}" for line in reports],
             "",
         ]
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"gpu-correctness-{device_slug()}.md"
-    path.write_text(record)
+    previous = path.read_text() if path.exists() else "# GPU correctness runs\n\n"
+    path.write_text(previous + record + "\n")
     print(done.stdout[-6000:], done.stderr[-3000:], sep="\n")
     print(f"wrote {path}")
     return done.returncode

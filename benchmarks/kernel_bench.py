@@ -109,7 +109,8 @@ def main() -> None:
     fa = (flash_attn_varlen_func, get_flash_attn_version())
     device = device_slug()
     copy_gbs = copy_bandwidth_gbs()
-    print(f"device {torch.cuda.get_device_name()}, FlashAttention {fa[1]}, copy bandwidth {copy_gbs:.0f} GB/s")
+    name = torch.cuda.get_device_name()
+    print(f"device {name}, FlashAttention {fa[1]}, copy bandwidth {copy_gbs:.0f} GB/s")
     rows = []
     header = "| batch | K | TOVA us | flash us | overhead | TOVA GB/s | % of copy |"
     print(header + "\n|---|---|---|---|---|---|---|")

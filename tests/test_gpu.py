@@ -99,7 +99,8 @@ def test_matches_reference_and_isolation(
         alone = [list(llm.generate(_ids([p]), short)[0].outputs[0].token_ids) for p in mixed]
     for prompt, out in zip(reference_prompts, outputs):
         expected = reference.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
-        print("[gpu]", check_against_reference(f"{runner} K={BUDGET} C={CHUNK} prompt {len(prompt)}", out, expected))
+        label = f"{runner} K={BUDGET} C={CHUNK} prompt {len(prompt)}"
+        print("[gpu]", check_against_reference(label, out, expected))
     for n, a, b in zip(MIXED_LENGTHS, alone, batched):
         assert a == b, f"{runner}: the {n}-token request changed inside the mixed batch"
     print(f"[gpu] {runner}: {len(mixed)} mixed-length requests identical alone and batched")

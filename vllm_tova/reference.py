@@ -14,6 +14,7 @@ decision was (logit and eviction margins) so tests can tell a real bug from an f
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,13 +102,16 @@ class TovaReference:
             str(model_path), dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
         ).eval()
         self.attention_modules = [layer.self_attn for layer in self.model.model.layers]
+        # transformers renamed ``past_key_values`` to ``cache`` during 5.x; take what it accepts.
+        accepted = inspect.signature(self.model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in accepted else "past_key_values"
 
     @torch.inference_mode()
     def _step(self, cache: TovaCache, ids: list[int], start: int) -> tuple[torch.Tensor, float]:
         """Run ``ids`` at positions start.. and evict; returns last logits and min margin."""
         input_ids = torch.tensor([ids])
         positions = torch.arange(start, start + len(ids))[None]
-        logits = self.model(input_ids=input_ids, position_ids=positions, cache=cache).logits
+        logits = self.model(input_ids=input_ids, position_ids=positions, **{self.cache_kwarg: cache}).logits
         margin = min(
             cache.evict(i, module.tova_newest_weights, len(ids))
             for i, module in enumerate(self.attention_modules)

@@ -1,15 +1,17 @@
 """Triton kernels for TOVA decode on GPUs: paged attention that also scores every slot.
 
-A decode step per layer is two launches and no host synchronisation:
+A decode step per layer is three launches and no host synchronisation:
 
 1. ``_decode_partial`` (grid rows x KV heads x splits): flash-decoding over the row's
    retained slots (read through the block table) plus the new token (read from the
    activations, never staged in the cache). Each split keeps an online softmax and also
    stores the raw logits of every query head for every slot it visits.
-2. ``_decode_finish`` (grid rows): merges the splits into the output and each head's
-   log-sum-exp, turns the stored logits into softmax weights averaged over all query heads
-   (the TOVA score), takes the argmin over the row's slots and the new token, and writes the
-   new token's K/V into the freed slot (or appends it while fewer than K are cached).
+2. ``_decode_score`` (grid rows x column tiles): merges the splits into each head's
+   log-sum-exp (tile 0 also writes the output), turns the stored logits into softmax weights
+   averaged over all query heads (the TOVA score) and records each tile's minimum. Tiling
+   the columns keeps small batches from serialising on one program per row.
+3. ``_decode_evict`` (grid rows): the argmin over the tiles; writes the new token's K/V into
+   the freed slot (or appends it while fewer than K are cached).
 
 Storing logits costs 4 bytes per query head per slot, against 2 * head_size * dtype bytes per
 KV head per slot for reading K/V again: a few percent of the traffic instead of half of it.
@@ -88,7 +90,7 @@ def _decode_partial(
     for j0 in range(start, end, BLOCK_N):
         j = j0 + n
         ok = j < end
-        block = tl.load(block_table + row * stride_bt + j // BLOCK_SIZE, mask=ok, other=0)
+        block = tl.load(block_table + row * stride_bt + j // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
         offset = j % BLOCK_SIZE
         k = tl.load(
             key_cache + block[:, None] * stride_cb + offset[:, None] * stride_cs
@@ -145,8 +147,88 @@ def _decode_partial(
 
 
 @triton.jit
-def _decode_finish(
+def _decode_score(
     output,  # (tokens, H, D)
+    seq_lens,
+    rows,
+    tokens,
+    logits,
+    part_out,
+    part_max,
+    part_sum,
+    tile_best,  # (num_rows, tiles) float32 out: lowest score in each column tile
+    tile_index,  # (num_rows, tiles) int32 out: its column
+    budget,
+    num_splits,
+    stride_ot, stride_oh,
+    stride_lr, stride_lh,
+    stride_pr, stride_ph, stride_ps,
+    stride_mr, stride_mh,
+    stride_tr,
+    NUM_HEADS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    HEAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Grid (rows, column tiles): each program merges the splits' softmax statistics (tile 0
+    also writes the output), then scores its columns and records their minimum."""
+    i = tl.program_id(0)
+    tile = tl.program_id(1)
+    row = tl.load(rows + i)
+    retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
+    c0 = tile * BLOCK_C
+    if (retained < 0) | (c0 > retained):
+        return
+    h = tl.arange(0, BLOCK_H)
+    h_ok = h < NUM_HEADS
+    sp = tl.arange(0, BLOCK_S)
+    stats = h_ok[:, None] & (sp < num_splits)[None, :]
+    m_s = tl.load(
+        part_max + i * stride_mr + h[:, None] * stride_mh + sp[None, :], mask=stats, other=float("-inf")
+    )
+    l_s = tl.load(part_sum + i * stride_mr + h[:, None] * stride_mh + sp[None, :], mask=stats, other=0.0)
+    big_m = tl.max(m_s, 1)
+    big_m = tl.where(h_ok, big_m, 0.0)
+    w = tl.where(m_s > float("-inf"), tl.exp2(m_s - big_m[:, None]), 0.0)
+    total = tl.where(h_ok, tl.sum(l_s * w, 1), 1.0)
+    lse = big_m + tl.log2(total)
+
+    if tile == 0:
+        d = tl.arange(0, HEAD)
+        out = tl.zeros([BLOCK_H, HEAD], tl.float32)
+        for s in range(0, num_splits):
+            m_one = tl.load(part_max + i * stride_mr + h * stride_mh + s, mask=h_ok, other=float("-inf"))
+            scale = tl.where(m_one > float("-inf"), tl.exp2(m_one - big_m), 0.0)
+            o_s = tl.load(
+                part_out + i * stride_pr + h[:, None] * stride_ph + s * stride_ps + d[None, :],
+                mask=h_ok[:, None],
+                other=0.0,
+            )
+            out += o_s * scale[:, None]
+        tl.store(
+            output + tl.load(tokens + i).to(tl.int64) * stride_ot + h[:, None] * stride_oh + d[None, :],
+            (out / total[:, None]).to(output.dtype.element_ty),
+            mask=h_ok[:, None],
+        )
+
+    # TOVA score of each entry (cached slots, then the new token at column `retained`): its
+    # softmax weight averaged over all query heads.
+    cols = c0 + tl.arange(0, BLOCK_C)
+    ok = cols <= retained
+    lg = tl.load(
+        logits + i * stride_lr + h[:, None] * stride_lh + cols[None, :],
+        mask=h_ok[:, None] & ok[None, :],
+        other=float("-inf"),
+    )
+    score = tl.sum(tl.exp2(lg - lse[:, None]), 0) / NUM_HEADS
+    score = tl.where(ok, score, float("inf"))
+    tl.store(tile_best + i * stride_tr + tile, tl.min(score, 0))
+    tl.store(tile_index + i * stride_tr + tile, tl.argmin(score, 0, tie_break_left=True) + c0)
+
+
+@triton.jit
+def _decode_evict(
     key_new,  # (tokens, KV, D)
     value_new,
     key_cache,  # (blocks, block_size, KV, D)
@@ -155,97 +237,46 @@ def _decode_finish(
     seq_lens,
     rows,
     tokens,
-    logits,
-    part_out,
-    part_max,
-    part_sum,
-    evicted,  # (num_rows,) int32 out: logical slot freed (-1 = none, the new token dropped)
+    tile_best,
+    tile_index,
+    evicted,  # (num_rows,) int32 out: logical slot freed, K = the new token, -1 = none
     budget,
-    num_splits,
-    stride_ot, stride_oh,
     stride_kt, stride_kh,
     stride_vt, stride_vh,
     stride_cb, stride_cs, stride_ch,
     stride_vcb, stride_vcs, stride_vch,
     stride_bt,
-    stride_lr, stride_lh,
-    stride_pr, stride_ph, stride_ps,
-    stride_mr, stride_mh,
-    NUM_HEADS: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    stride_tr,
     NUM_KV_HEADS: tl.constexpr,
     BLOCK_KV: tl.constexpr,
     HEAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
+    """Grid (rows): full rows drop their weakest entry (the first minimum) and the new token
+    takes its slot unless it is the weakest itself; rows below the budget append at
+    logical slot ``retained``."""
     i = tl.program_id(0)
     row = tl.load(rows + i)
-    token = tl.load(tokens + i)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
     if retained < 0:
         return
-    h = tl.arange(0, BLOCK_H)
-    h_ok = h < NUM_HEADS
-    d = tl.arange(0, HEAD)
-
-    # Merge the splits: per head, the global max, the softmax sum and the output.
-    big_m = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    for s in range(0, num_splits):
-        m_s = tl.load(part_max + i * stride_mr + h * stride_mh + s, mask=h_ok, other=float("-inf"))
-        big_m = tl.maximum(big_m, m_s)
-    total = tl.zeros([BLOCK_H], tl.float32)
-    out = tl.zeros([BLOCK_H, HEAD], tl.float32)
-    for s in range(0, num_splits):
-        m_s = tl.load(part_max + i * stride_mr + h * stride_mh + s, mask=h_ok, other=float("-inf"))
-        l_s = tl.load(part_sum + i * stride_mr + h * stride_mh + s, mask=h_ok, other=0.0)
-        w = tl.where(m_s > float("-inf"), tl.exp2(m_s - big_m), 0.0)
-        total += l_s * w
-        o_s = tl.load(
-            part_out + i * stride_pr + h[:, None] * stride_ph + s * stride_ps + d[None, :],
-            mask=h_ok[:, None],
-            other=0.0,
-        )
-        out += o_s * w[:, None]
-    total = tl.where(h_ok, total, 1.0)
-    tl.store(
-        output + token * stride_ot + h[:, None] * stride_oh + d[None, :],
-        (out / total[:, None]).to(output.dtype.element_ty),
-        mask=h_ok[:, None],
-    )
-    lse = tl.where(h_ok, big_m + tl.log2(total), 0.0)
-
-    # TOVA score of each entry (cached slots, then the new token at column `retained`):
-    # its softmax weight averaged over all query heads. Keep the first minimum.
-    c = tl.arange(0, BLOCK_C)
-    best = float("inf")
-    best_idx = 0
-    for c0 in range(0, retained + 1, BLOCK_C):
-        cols = c0 + c
-        ok = cols <= retained
-        lg = tl.load(
-            logits + i * stride_lr + h[:, None] * stride_lh + cols[None, :],
-            mask=h_ok[:, None] & ok[None, :],
-            other=float("-inf"),
-        )
-        score = tl.sum(tl.exp2(lg - lse[:, None]), 0) / NUM_HEADS
-        score = tl.where(ok, score, float("inf"))
-        tile_best = tl.min(score, 0)
-        tile_idx = tl.argmin(score, 0, tie_break_left=True) + c0
-        better = tile_best < best
-        best_idx = tl.where(better, tile_idx, best_idx)
-        best = tl.where(better, tile_best, best)
-
-    # Full rows drop their weakest entry; the new token takes that slot unless it is the
-    # weakest itself. Rows below the budget append at logical slot `retained`.
-    target = tl.where(retained >= budget, best_idx, retained)
-    write = (retained < budget) | (best_idx != retained)
-    tl.store(evicted + i, tl.where(retained >= budget, best_idx, -1))
-    if write:
-        block = tl.load(block_table + row * stride_bt + target // BLOCK_SIZE)
+    t = tl.arange(0, BLOCK_T)
+    tiles_ok = t * BLOCK_C <= retained
+    best = tl.load(tile_best + i * stride_tr + t, mask=tiles_ok, other=float("inf"))
+    index = tl.load(tile_index + i * stride_tr + t, mask=tiles_ok, other=0)
+    weakest = tl.sum(tl.where(t == tl.argmin(best, 0, tie_break_left=True), index, 0), 0)
+    full = retained >= budget
+    target = tl.where(full, weakest, retained)
+    tl.store(evicted + i, tl.where(full, weakest, -1))
+    if (~full) | (weakest != retained):
+        block = tl.load(block_table + row * stride_bt + target // BLOCK_SIZE).to(tl.int64)
         offset = target % BLOCK_SIZE
         kv = tl.arange(0, BLOCK_KV)
+        d = tl.arange(0, HEAD)
         kv_ok = kv < NUM_KV_HEADS
+        token = tl.load(tokens + i).to(tl.int64)
         k_new = tl.load(
             key_new + token * stride_kt + kv[:, None] * stride_kh + d[None, :], mask=kv_ok[:, None]
         )
@@ -313,6 +344,9 @@ class DecodeWorkspace:
         self.num_heads, self.head_size, self.budget, self.device = num_heads, head_size, budget, device
         self.rows = 0
         self.splits = 0
+        # Column tiles of the score pass: about 4096 (head, column) pairs per program.
+        self.block_c = max(16, 4096 // _pow2(num_heads))
+        self.tiles = math.ceil((budget + 1) / self.block_c)
 
     def get(self, rows: int, splits: int) -> tuple[torch.Tensor, ...]:
         if rows > self.rows or splits > self.splits:
@@ -324,12 +358,16 @@ class DecodeWorkspace:
             self.part_max = torch.empty(self.rows, h, self.splits, **f32)
             self.part_sum = torch.empty(self.rows, h, self.splits, **f32)
             self.evicted = torch.empty(self.rows, dtype=torch.int32, device=self.device)
+            self.tile_best = torch.empty(self.rows, self.tiles, **f32)
+            self.tile_index = torch.empty(self.rows, self.tiles, dtype=torch.int32, device=self.device)
         return (
             self.logits[:rows],
             self.part_out[:rows, :, :splits],
             self.part_max[:rows, :, :splits],
             self.part_sum[:rows, :, :splits],
             self.evicted[:rows],
+            self.tile_best[:rows],
+            self.tile_index[:rows],
         )
 
 
@@ -362,19 +400,13 @@ def tova_decode(
     num_kv_heads = key.shape[1]
     group = num_heads // num_kv_heads
     block_size = key_cache.shape[1]
-    logits, part_out, part_max, part_sum, evicted = workspace.get(num_rows, num_splits)
+    logits, part_out, part_max, part_sum, evicted, tile_best, tile_index = workspace.get(
+        num_rows, num_splits
+    )
     if num_rows == 0:
         return evicted
     split_size = math.ceil(math.ceil(max(longest, 1) / num_splits) / block_n) * block_n
     ieee = query.dtype == torch.float32
-    common_cache = (
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_table.stride(0),
-        logits.stride(0), logits.stride(1),
-        part_out.stride(0), part_out.stride(1), part_out.stride(2),
-        part_max.stride(0), part_max.stride(1),
-    )
     _decode_partial[(num_rows, num_kv_heads, num_splits)](
         query, key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
         logits, part_out, part_max, part_sum,
@@ -382,23 +414,40 @@ def tova_decode(
         query.stride(0), query.stride(1),
         key.stride(0), key.stride(1),
         value.stride(0), value.stride(1),
-        *common_cache,
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_table.stride(0),
+        logits.stride(0), logits.stride(1),
+        part_out.stride(0), part_out.stride(1), part_out.stride(2),
+        part_max.stride(0), part_max.stride(1),
         GROUP=group, BLOCK_G=max(16, _pow2(group)), HEAD=head, BLOCK_N=block_n,
         BLOCK_SIZE=block_size, IEEE=ieee,
         num_warps=4,
     )
-    _decode_finish[(num_rows,)](
-        output, key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
-        logits, part_out, part_max, part_sum, evicted,
+    _decode_score[(num_rows, workspace.tiles)](
+        output, seq_lens, rows, tokens, logits, part_out, part_max, part_sum, tile_best, tile_index,
         budget, num_splits,
         output.stride(0), output.stride(1),
+        logits.stride(0), logits.stride(1),
+        part_out.stride(0), part_out.stride(1), part_out.stride(2),
+        part_max.stride(0), part_max.stride(1),
+        tile_best.stride(0),
+        NUM_HEADS=num_heads, BLOCK_H=_pow2(num_heads), BLOCK_S=_pow2(num_splits), HEAD=head,
+        BLOCK_C=workspace.block_c,
+        num_warps=4,
+    )
+    _decode_evict[(num_rows,)](
+        key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
+        tile_best, tile_index, evicted, budget,
         key.stride(0), key.stride(1),
         value.stride(0), value.stride(1),
-        *common_cache,
-        NUM_HEADS=num_heads, BLOCK_H=_pow2(num_heads), NUM_KV_HEADS=num_kv_heads,
-        BLOCK_KV=_pow2(num_kv_heads), HEAD=head, BLOCK_C=max(16, 4096 // _pow2(num_heads)),
-        BLOCK_SIZE=block_size,
-        num_warps=4,
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_table.stride(0),
+        tile_best.stride(0),
+        NUM_KV_HEADS=num_kv_heads, BLOCK_KV=_pow2(num_kv_heads), HEAD=head,
+        BLOCK_T=_pow2(workspace.tiles), BLOCK_C=workspace.block_c, BLOCK_SIZE=block_size,
+        num_warps=1,
     )
     return evicted
 
