@@ -27,8 +27,14 @@ RESULTS = Path(__file__).parent / "results"
 
 def main() -> int:
     command = [sys.executable, "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider", *TESTS, *sys.argv[1:]]
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = done.stdout.splitlines()
+    # Stream the output as it comes (a run stopped by a time limit still shows how far it got)
+    # and keep it for the record.
+    lines: list[str] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+    returncode = proc.returncode
     outcomes = [line.split(" INFO ")[0] for line in lines if line.startswith("tests/") and "::" in line]
     reports = [line[line.index("[gpu]") + 6 :] for line in lines if "[gpu]" in line]
     summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), "")
@@ -39,7 +45,7 @@ def main() -> int:
             f"- command: `python -m benchmarks.gpu_correctness {' '.join(sys.argv[1:])}`",
             f"- runs: `{' '.join(command[2:])}`",
             f"- vLLM {vllm.__version__}, torch {torch.__version__}",
-            f"- outcome: {'PASS' if done.returncode == 0 else 'FAIL'} ({summary.strip('= ')})",
+            f"- outcome: {'PASS' if returncode == 0 else 'FAIL'} ({summary.strip('= ')})",
             "",
             "### Tests",
             *[f"- `{line}`" for line in outcomes],
@@ -53,9 +59,8 @@ def main() -> int:
     path = RESULTS / f"gpu-correctness-{device_slug()}.md"
     previous = path.read_text() if path.exists() else "# GPU correctness runs\n\n"
     path.write_text(previous + record + "\n")
-    print(done.stdout[-6000:], done.stderr[-3000:], sep="\n")
     print(f"wrote {path}")
-    return done.returncode
+    return returncode
 
 
 if __name__ == "__main__":
