@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,26 +35,75 @@ def test_tova_turns_on_what_it_needs(model_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"additional_config": tova(0, 256)}, r"kv_budget=0 must be an integer >= 1"),
-        ({"additional_config": tova(16, 256)}, r"kv_budget=16 is smaller than the KV block size 32"),
+        ({"additional_config": tova(0, 256)}, r"--kv-budget / kv_budget=0 must be an integer >= 1"),
+        (
+            {"additional_config": tova(16, 256)},
+            r"--kv-budget / kv_budget=16 is smaller than the KV block size 32; allowed: --kv-budget >= 32",
+        ),
         (
             {"additional_config": tova(128, 256), "enable_prefix_caching": True},
-            r"--enable-prefix-caching cannot be combined with kv_policy=tova",
+            r"--enable-prefix-caching cannot be combined with --kv-policy / kv_policy=tova",
         ),
         (
             {"additional_config": tova(128, 256), "attention_backend": "FLEX_ATTENTION"},
-            r"--attention-backend .* cannot be combined with kv_policy=tova",
+            r"--attention-backend .* cannot be combined with --kv-policy / kv_policy=tova",
         ),
         (
             {"additional_config": tova(128, 4096), "max_num_batched_tokens": 2048},
-            r"kv_prefill_chunk=4096 exceeds max_num_batched_tokens=2048",
+            r"--kv-prefill-chunk / kv_prefill_chunk=4096 exceeds max_num_batched_tokens=2048: .* "
+            r"allowed: 1 <= --kv-prefill-chunk <= 2048",
         ),
         (
             {"additional_config": {"kv_policy": "lru", "kv_budget": 64}},
-            r"kv_policy='lru' is not supported",
+            r"--kv-policy / kv_policy='lru' is not supported; choose one of \['none', 'tova'",
+        ),
+        (
+            {
+                "additional_config": tova(128, 256),
+                "speculative_config": {
+                    "method": "ngram",
+                    "num_speculative_tokens": 2,
+                    "prompt_lookup_max": 3,
+                    "prompt_lookup_min": 2,
+                },
+            },
+            r"kv_policy=tova does not support speculative decoding \(--speculative-config\)",
+        ),
+        (
+            {"additional_config": tova(128, 256), "pipeline_parallel_size": 2},
+            r"kv_policy=tova does not support pipeline parallelism \(--pipeline-parallel-size > 1\)",
+        ),
+        (
+            {
+                "additional_config": tova(128, 256),
+                "kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"},
+            },
+            r"kv_policy=tova does not support KV connectors \(--kv-transfer-config\)",
         ),
     ],
 )
 def test_bad_settings_are_refused_with_the_flag_named(model_path: Path, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         _config(model_path, **kwargs)
+
+
+def test_sliding_window_models_are_refused(model_path: Path, tmp_path: Path) -> None:
+    """The same weights' config declared as a sliding-window (Mistral) model."""
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (model_path / name).exists():
+            shutil.copy(model_path / name, tmp_path / name)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=64)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"kv_policy=tova does not support sliding-window attention"):
+        _config(tmp_path, additional_config=tova(128, 256))
+    _config(tmp_path)  # the same model without a policy is accepted: the refusal is TOVA's
+
+
+def test_budget_at_or_above_max_model_len_warns(model_path: Path, caplog) -> None:
+    import logging
+
+    logging.getLogger("vllm.tova").propagate = True
+    with caplog.at_level(logging.WARNING, logger="vllm.tova"):
+        _config(model_path, additional_config=tova(2048, 256))
+    assert "nothing will ever be evicted" in caplog.text

@@ -13,6 +13,34 @@ Engine side (the process that builds the VllmConfig: ``LLM(...)``, ``vllm serve`
    Upstream: none; vLLM has no hook for a plugin to adjust the config of every engine.
    Removal: when vLLM grows a config-adjusting plugin hook.
 
+4. ``vllm.engine.arg_utils.EngineArgs.add_cli_args`` -> ``cli.py``
+   Why: ``vllm serve --kv-policy tova --kv-budget 512`` needs real flags (in ``--help``, checked
+   by argparse). How: call the original, then add the ``TovaConfig`` group
+   (``vllm_tova.cli``); vLLM loads general plugins inside ``AsyncEngineArgs.add_cli_args``
+   just before calling this function, so the flags reach every ``vllm serve`` parser.
+   Upstream: none; vLLM has no hook for plugins to add engine flags.
+   Removal: when vLLM offers one.
+
+5. ``vllm.engine.arg_utils.EngineArgs.from_cli_args`` -> ``cli.py``
+   Why: it keeps only dataclass fields, so the ``--kv-*`` values would be dropped.
+   How: call the original, then fold the flags into ``additional_config`` (refusing a flag
+   that contradicts ``--additional-config``). Upstream/removal: as patch 4.
+
+6. ``vllm.v1.engine.input_processor.InputProcessor._validate_params`` -> ``input_processor.py``
+   Why: a request's ``extra_args`` / ``vllm_xargs`` ``kv_budget`` cannot be honoured (one
+   engine-wide budget, see ``vllm_tova.request_params``) and must not be silently ignored.
+   How: call the original, then raise ValueError (HTTP 400) naming the key.
+   Upstream: none. Removal: when per-request budgets are implemented.
+
+7. ``vllm.v1.engine.core_client.EngineCoreOutputs`` (the type ``MPClient.__init__`` decodes
+   engine outputs into) -> ``core_client.py``
+   Why: the TOVA scheduler's stats ride in a ``SchedulerStats`` subclass; msgspec decodes into
+   the declared type and would drop the extra field before ``/metrics`` sees it.
+   How: replace the module global with ``TovaEngineCoreOutputs`` (same wire format, one more
+   optional field in ``scheduler_stats``); stock engines decode exactly as before.
+   Upstream: none (a generic plugin-stats field in SchedulerStats would replace it).
+   Removal: with such a field.
+
 Worker side (each process that builds the model):
 
 2. ``vllm.model_executor.layers.attention.attention.Attention.get_kv_cache_spec``
@@ -54,8 +82,11 @@ def apply_all() -> None:
     if _applied:
         return
     check_vllm_version()
-    from vllm_tova.patches import engine_args, worker
+    from vllm_tova.patches import cli, core_client, engine_args, input_processor, worker
 
     engine_args.apply()
+    cli.apply()
+    input_processor.apply()
+    core_client.apply()
     worker.apply()
     _applied = True
