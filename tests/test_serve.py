@@ -31,6 +31,17 @@ def prompts(austen_ids: list[int]) -> list[list[int]]:
     return [austen_ids[1000 * i : 1000 * i + 40 + 20 * i] for i in range(32)]
 
 
+def test_offline_per_request_budget_is_refused(engines, prompts) -> None:
+    """Runs first, on the engine the ``offline`` fixture then reuses (same settings)."""
+    llm = engines.get(additional_config=tova(BUDGET, CHUNK))
+    params = SamplingParams(max_tokens=2, extra_args={"kv_budget": 64})
+    with pytest.raises(ValueError, match=r"'kv_budget'=64 is not supported per request"):
+        llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)
+    same = SamplingParams(temperature=0, max_tokens=2, extra_args={"kv_budget": BUDGET})
+    out = llm.generate([{"prompt_token_ids": prompts[0]}], same, use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 2
+
+
 @pytest.fixture(scope="module")
 def offline(engines, prompts) -> list[str]:
     """The same prompts through the offline ``LLM`` API (same settings), then closed."""

@@ -111,7 +111,7 @@ def test_stats_survive_the_engine_to_front_end_wire_format() -> None:
     assert decoded.scheduler_stats.tova == tova
     assert decoded.scheduler_stats.num_running_reqs == 3
     assert decoded.scheduler_stats.tova.kv_blocks_per_sequence == 4.0
-    # vLLM's stock decoder drops the field: the reason for patch 7.
+    # vLLM's stock decoder drops the field: the reason for patch 5.
     assert not hasattr(MsgpackDecoder(EngineCoreOutputs).decode(frames).scheduler_stats, "tova")
 
 

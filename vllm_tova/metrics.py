@@ -56,7 +56,7 @@ class TovaEngineCoreOutputs(EngineCoreOutputs, array_like=True, omit_defaults=Tr
     """EngineCoreOutputs that decodes ``scheduler_stats`` with the TOVA field kept.
 
     msgspec decodes into the declared type and drops unknown fields, so the front end's
-    decoder must be built from this subclass (patch 7); the wire format is unchanged.
+    decoder must be built from this subclass (patch 5); the wire format is unchanged.
     """
 
     scheduler_stats: TovaSchedulerStats | None = None

@@ -1,4 +1,4 @@
-"""Patches 4 and 5: the ``--kv-*`` flags of ``vllm serve`` (see the index in ``__init__``)."""
+"""Patches 2 and 3: the ``--kv-*`` flags of ``vllm serve`` (see the index in ``__init__``)."""
 
 from __future__ import annotations
 

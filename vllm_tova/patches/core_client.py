@@ -1,4 +1,4 @@
-"""Patch 7: ``vllm.v1.engine.core_client.EngineCoreOutputs`` (see the index in ``__init__``)."""
+"""Patch 5: ``vllm.v1.engine.core_client.EngineCoreOutputs`` (see the index in ``__init__``)."""
 
 from __future__ import annotations
 

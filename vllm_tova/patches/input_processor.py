@@ -1,4 +1,4 @@
-"""Patch 6: ``InputProcessor._validate_params`` (see the index in ``__init__``)."""
+"""Patch 4: ``InputProcessor._validate_params`` (see the index in ``__init__``)."""
 
 from __future__ import annotations
 
