@@ -87,15 +87,48 @@ def test_bad_settings_are_refused_with_the_flag_named(model_path: Path, kwargs, 
         _config(model_path, **kwargs)
 
 
-def test_sliding_window_models_are_refused(model_path: Path, tmp_path: Path) -> None:
-    """The same weights' config declared as a sliding-window (Mistral) model."""
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (model_path / name).exists():
-            shutil.copy(model_path / name, tmp_path / name)
-    config = json.loads((tmp_path / "config.json").read_text())
+def _sliding_window(model_path: Path) -> dict:
+    """SmolLM2's own config declared as a sliding-window (Mistral) model."""
+    config = json.loads((model_path / "config.json").read_text())
     config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=64)
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"kv_policy=tova does not support sliding-window attention"):
+    return config
+
+
+def _mla(model_path: Path) -> dict:
+    from transformers import DeepseekV3Config
+
+    return DeepseekV3Config(
+        vocab_size=49152, hidden_size=256, intermediate_size=512, moe_intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, n_routed_experts=4, num_experts_per_tok=2,
+        n_group=1, topk_group=1, first_k_dense_replace=2, max_position_embeddings=4096,
+    ).to_dict()  # fmt: skip
+
+
+def _hybrid(model_path: Path) -> dict:
+    from transformers import GraniteMoeHybridConfig
+
+    return GraniteMoeHybridConfig(
+        vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, layer_types=["mamba", "attention"],
+        mamba_n_heads=8, mamba_d_head=64, mamba_n_groups=1, mamba_d_state=16,
+        num_local_experts=0, max_position_embeddings=4096,
+    ).to_dict()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("make_config", "refusal"),
+    [
+        (_sliding_window, "sliding-window attention models"),
+        (_mla, "MLA attention models"),
+        (_hybrid, r"hybrid \(Mamba / linear-attention\) models"),
+    ],
+)
+def test_unsupported_model_kinds_are_refused(model_path: Path, tmp_path: Path, make_config, refusal) -> None:
+    """Config-only model directories (no weights are needed to build the engine config)."""
+    (tmp_path / "config.json").write_text(json.dumps(make_config(model_path)))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model_path / name, tmp_path / name)
+    with pytest.raises(ValueError, match=rf"--kv-policy / kv_policy=tova does not support {refusal}"):
         _config(tmp_path, additional_config=tova(128, 256))
     _config(tmp_path)  # the same model without a policy is accepted: the refusal is TOVA's
 
