@@ -74,6 +74,8 @@ def test_bad_flag_exits_nonzero_naming_it(results, name: str) -> None:
 
 
 def test_help_lists_the_flags() -> None:
+    overview = subprocess.run([VLLM, "serve", "--help"], capture_output=True, text=True).stdout
+    assert "TovaConfig" in overview and "--kv-budget" in overview  # the group and its description
     text = subprocess.run([VLLM, "serve", "--help=TovaConfig"], capture_output=True, text=True).stdout
     for flag in ("--kv-policy {none,tova", "--kv-budget K", "--kv-prefill-chunk C"):
         assert flag in text

@@ -44,9 +44,29 @@ def aligned_chunk(start: int, num_new_tokens: int, prompt_len: int, chunk: int) 
 class _ChunkAlignedMixin:
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        settings = TovaConfig.from_additional_config(self.vllm_config.additional_config)
-        self.tova_chunk = settings.prefill_chunk
+        self.tova_chunk = TovaConfig.from_additional_config(
+            self.vllm_config.additional_config
+        ).prefill_chunk
         self.need_mamba_block_aligned_split = True
+
+    def _mamba_block_aligned_split(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        num_new_local_computed_tokens: int = 0,
+        num_external_computed_tokens: int = 0,
+    ) -> int:
+        start = request.num_computed_tokens + num_new_local_computed_tokens
+        start += num_external_computed_tokens
+        return aligned_chunk(start, num_new_tokens, request.num_prompt_tokens, self.tova_chunk)
+
+
+class _EvictionStatsMixin:
+    """Counts evictions and held blocks each step; reports them in ``make_stats``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        settings = TovaConfig.from_additional_config(self.vllm_config.additional_config)
         groups = self.kv_cache_config.kv_cache_groups
         tova_layers = sum(
             len(g.layer_names) for g in groups if isinstance(g.kv_cache_spec, TovaAttentionSpec)
@@ -74,21 +94,10 @@ class _ChunkAlignedMixin:
         )
         return TovaSchedulerStats.extend(stats, tova)
 
-    def _mamba_block_aligned_split(
-        self,
-        request: Request,
-        num_new_tokens: int,
-        num_new_local_computed_tokens: int = 0,
-        num_external_computed_tokens: int = 0,
-    ) -> int:
-        start = request.num_computed_tokens + num_new_local_computed_tokens
-        start += num_external_computed_tokens
-        return aligned_chunk(start, num_new_tokens, request.num_prompt_tokens, self.tova_chunk)
 
-
-class TovaScheduler(_ChunkAlignedMixin, Scheduler):
+class TovaScheduler(_EvictionStatsMixin, _ChunkAlignedMixin, Scheduler):
     pass
 
 
-class TovaAsyncScheduler(_ChunkAlignedMixin, AsyncScheduler):
+class TovaAsyncScheduler(_EvictionStatsMixin, _ChunkAlignedMixin, AsyncScheduler):
     pass
