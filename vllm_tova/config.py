@@ -20,6 +20,16 @@ CHUNK_KEY = "kv_prefill_chunk"
 DEFAULT_PREFILL_CHUNK = 512
 
 
+def flag(key: str) -> str:
+    """The ``vllm serve`` flag of an ``additional_config`` key ("kv_budget" -> "--kv-budget")."""
+    return "--" + key.replace("_", "-")
+
+
+def label(key: str) -> str:
+    """How errors name a setting: the CLI flag and the ``additional_config`` key, both."""
+    return f"{flag(key)} / {key}"
+
+
 @dataclass(frozen=True)
 class TovaConfig:
     """One server-wide KV eviction setting.
@@ -46,7 +56,7 @@ class TovaConfig:
         policy = extra.get(POLICY_KEY, "none")
         allowed = ["none", *POLICIES]
         if policy not in allowed:
-            raise ValueError(f"{POLICY_KEY}={policy!r} is not supported; choose one of {allowed}.")
+            raise ValueError(f"{label(POLICY_KEY)}={policy!r} is not supported; choose one of {allowed}.")
         if policy == "none":
             return cls()
         budget = _positive_int(extra, BUDGET_KEY, None)
@@ -57,14 +67,14 @@ class TovaConfig:
         """Checks that need the engine's resolved settings."""
         if self.budget < block_size:
             raise ValueError(
-                f"{BUDGET_KEY}={self.budget} is smaller than the KV block size {block_size}; "
-                f"use a budget >= {block_size} (or a smaller --block-size)."
+                f"{label(BUDGET_KEY)}={self.budget} is smaller than the KV block size {block_size}; "
+                f"allowed: {flag(BUDGET_KEY)} >= {block_size} (or a smaller --block-size)."
             )
         if self.prefill_chunk > max_num_batched_tokens:
             raise ValueError(
-                f"{CHUNK_KEY}={self.prefill_chunk} exceeds max_num_batched_tokens="
-                f"{max_num_batched_tokens}: a prompt chunk must fit one step; use "
-                f"1 <= {CHUNK_KEY} <= {max_num_batched_tokens} or raise --max-num-batched-tokens."
+                f"{label(CHUNK_KEY)}={self.prefill_chunk} exceeds max_num_batched_tokens="
+                f"{max_num_batched_tokens}: a prompt chunk must fit one step; allowed: "
+                f"1 <= {flag(CHUNK_KEY)} <= {max_num_batched_tokens}, or raise --max-num-batched-tokens."
             )
 
 
@@ -76,7 +86,7 @@ def additional_config(policy: str, budget: int, prefill_chunk: int = DEFAULT_PRE
 def _positive_int(extra: Mapping[str, Any], key: str, default: int | None) -> int:
     value = extra.get(key, default)
     if value is None:
-        raise ValueError(f"{key} is required when {POLICY_KEY} is set (an integer >= 1).")
+        raise ValueError(f"{label(key)} is required when {flag(POLICY_KEY)} is set (an integer >= 1).")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}={value!r} must be an integer >= 1.")
+        raise ValueError(f"{label(key)}={value!r} must be an integer >= 1.")
     return value

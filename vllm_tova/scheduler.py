@@ -9,15 +9,22 @@ depends on its neighbours or on preemption.
 
 vLLM 0.26 already has the hook: ``_mamba_block_aligned_split`` clips a prefill chunk to an
 aligned end and skips the request for the step when nothing aligned fits.
+
+They also count what TOVA does with the cache (``vllm_tova.metrics``) and hand it out with
+vLLM's per-step ``SchedulerStats``.
 """
 
 from __future__ import annotations
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.metrics.stats import SchedulerStats
 from vllm.v1.request import Request
 
 from vllm_tova.config import TovaConfig
+from vllm_tova.kv_manager import TovaAttentionSpec, blocks_per_sequence
+from vllm_tova.metrics import EvictionCounter, TovaSchedulerStats, TovaStats, count_blocks
 
 
 def aligned_chunk(start: int, num_new_tokens: int, prompt_len: int, chunk: int) -> int:
@@ -54,9 +61,43 @@ class _ChunkAlignedMixin:
         return aligned_chunk(start, num_new_tokens, request.num_prompt_tokens, self.tova_chunk)
 
 
-class TovaScheduler(_ChunkAlignedMixin, Scheduler):
+class _EvictionStatsMixin:
+    """Counts evictions and held blocks each step; reports them in ``make_stats``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        settings = TovaConfig.from_additional_config(self.vllm_config.additional_config)
+        groups = self.kv_cache_config.kv_cache_groups
+        tova_layers = sum(
+            len(g.layer_names) for g in groups if isinstance(g.kv_cache_spec, TovaAttentionSpec)
+        )
+        self.tova_evictions = EvictionCounter(settings.budget, tova_layers)
+        self.tova_block_cap = blocks_per_sequence(settings.budget, self.cache_config.block_size)
+
+    def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
+        # Runs once per schedule(), before num_computed_tokens advances by this step's tokens.
+        scheduled = scheduler_output.num_scheduled_tokens
+        absorbed = {r: self.requests[r].num_computed_tokens for r in scheduled}
+        self.tova_evictions.observe(scheduled, absorbed)
+        super()._update_after_schedule(scheduler_output)
+
+    def make_stats(self, *args, **kwargs) -> SchedulerStats | None:
+        stats = super().make_stats(*args, **kwargs)
+        if stats is None:
+            return None
+        held = count_blocks(self.kv_cache_manager.get_block_ids(r.request_id) for r in self.running)
+        tova = TovaStats(
+            evicted_tokens_total=self.tova_evictions.total,
+            running_sequences=len(self.running),
+            kv_blocks_held=held,
+            kv_block_cap=self.tova_block_cap,
+        )
+        return TovaSchedulerStats.extend(stats, tova)
+
+
+class TovaScheduler(_EvictionStatsMixin, _ChunkAlignedMixin, Scheduler):
     pass
 
 
-class TovaAsyncScheduler(_ChunkAlignedMixin, AsyncScheduler):
+class TovaAsyncScheduler(_EvictionStatsMixin, _ChunkAlignedMixin, AsyncScheduler):
     pass

@@ -13,9 +13,37 @@ Engine side (the process that builds the VllmConfig: ``LLM(...)``, ``vllm serve`
    Upstream: none; vLLM has no hook for a plugin to adjust the config of every engine.
    Removal: when vLLM grows a config-adjusting plugin hook.
 
+2. ``vllm.engine.arg_utils.EngineArgs.add_cli_args`` -> ``cli.py``
+   Why: ``vllm serve --kv-policy tova --kv-budget 512`` needs real flags (in ``--help``, checked
+   by argparse). How: call the original, then add the ``TovaConfig`` group
+   (``vllm_tova.cli``); vLLM loads general plugins inside ``AsyncEngineArgs.add_cli_args``
+   just before calling this function, so the flags reach every ``vllm serve`` parser.
+   Upstream: none; vLLM has no hook for plugins to add engine flags.
+   Removal: when vLLM offers one.
+
+3. ``vllm.engine.arg_utils.EngineArgs.from_cli_args`` -> ``cli.py``
+   Why: it keeps only dataclass fields, so the ``--kv-*`` values would be dropped.
+   How: call the original, then fold the flags into ``additional_config`` (refusing a flag
+   that contradicts ``--additional-config``). Upstream/removal: as patch 2.
+
+4. ``vllm.v1.engine.input_processor.InputProcessor._validate_params`` -> ``input_processor.py``
+   Why: a request's ``extra_args`` / ``vllm_xargs`` ``kv_budget`` cannot be honoured (one
+   engine-wide budget, see ``vllm_tova.request_params``) and must not be silently ignored.
+   How: call the original, then raise ValueError (HTTP 400) naming the key.
+   Upstream: none. Removal: when per-request budgets are implemented.
+
+5. ``vllm.v1.engine.core_client.EngineCoreOutputs`` (the type ``MPClient.__init__`` decodes
+   engine outputs into) -> ``core_client.py``
+   Why: the TOVA scheduler's stats ride in a ``SchedulerStats`` subclass; msgspec decodes into
+   the declared type and would drop the extra field before ``/metrics`` sees it.
+   How: replace the module global with ``TovaEngineCoreOutputs`` (same wire format, one more
+   optional field in ``scheduler_stats``); stock engines decode exactly as before.
+   Upstream: none (a generic plugin-stats field in SchedulerStats would replace it).
+   Removal: with such a field.
+
 Worker side (each process that builds the model):
 
-2. ``vllm.model_executor.layers.attention.attention.Attention.get_kv_cache_spec``
+6. ``vllm.model_executor.layers.attention.attention.Attention.get_kv_cache_spec``
    -> ``worker.py``
    Why: the block manager learns a layer's KV needs only from its spec; a TOVA layer must
    report ``TovaAttentionSpec`` (capped at K tokens) instead of ``FullAttentionSpec``.
@@ -23,7 +51,7 @@ Worker side (each process that builds the model):
    Upstream: none (a per-layer spec override for plugins would replace it).
    Removal: with such a hook.
 
-3. ``vllm.platforms.cpu.CpuPlatform.get_attn_backend_cls`` -> ``worker.py``
+7. ``vllm.platforms.cpu.CpuPlatform.get_attn_backend_cls`` -> ``worker.py``
    Why: on CPU vLLM always answers ``CPU_ATTN`` and ignores ``--attention-backend CUSTOM``.
    How: return the registered CUSTOM backend when it is the selected one.
    Upstream: none yet (CPU honours overrides of CPU_ATTN only, which would hit stock runs).
@@ -54,8 +82,11 @@ def apply_all() -> None:
     if _applied:
         return
     check_vllm_version()
-    from vllm_tova.patches import engine_args, worker
+    from vllm_tova.patches import cli, core_client, engine_args, input_processor, worker
 
     engine_args.apply()
+    cli.apply()
+    input_processor.apply()
+    core_client.apply()
     worker.apply()
     _applied = True

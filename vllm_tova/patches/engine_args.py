@@ -10,7 +10,7 @@ from vllm.logger import init_logger
 from vllm.utils.math_utils import cdiv
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, POLICY_KEY, TovaConfig
+from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, POLICY_KEY, TovaConfig, flag, label
 from vllm_tova.kv_manager import blocks_per_sequence
 
 CUSTOM = AttentionBackendEnum.CUSTOM
@@ -43,7 +43,7 @@ def apply() -> None:
 def _prepare_args(args: EngineArgs, settings: TovaConfig) -> None:
     if args.enable_prefix_caching:
         raise ValueError(
-            f"--enable-prefix-caching cannot be combined with {POLICY_KEY}={settings.policy}: "
+            f"--enable-prefix-caching cannot be combined with {label(POLICY_KEY)}={settings.policy}: "
             "evicted slots are overwritten in place, so cached blocks would be wrong. "
             "Drop the flag (vllm-tova turns prefix caching off)."
         )
@@ -52,7 +52,7 @@ def _prepare_args(args: EngineArgs, settings: TovaConfig) -> None:
     if args.attention_config.backend is not None or chosen not in (None, "CUSTOM", CUSTOM):
         raise ValueError(
             f"--attention-backend {chosen or args.attention_config.backend} cannot be combined "
-            f"with {POLICY_KEY}={settings.policy}: the TOVA backend is selected automatically; "
+            f"with {label(POLICY_KEY)}={settings.policy}: the TOVA backend is selected automatically; "
             "drop the flag."
         )
     args.attention_backend = "CUSTOM"
@@ -79,22 +79,25 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
     refused = [name for name, present in refusals.items() if present]
     if refused:
         raise ValueError(
-            f"{POLICY_KEY}={settings.policy} does not support {', '.join(refused)}; "
-            f"remove {POLICY_KEY} or those settings."
+            f"{label(POLICY_KEY)}={settings.policy} does not support {', '.join(refused)}; "
+            f"remove {flag(POLICY_KEY)} or those settings."
         )
     settings.validate_against(config.cache_config.block_size, sched.max_num_batched_tokens)
     threshold = sched.long_prefill_token_threshold
     if 0 < threshold < settings.prefill_chunk:
         raise ValueError(
-            f"--long-prefill-token-threshold {threshold} is below {CHUNK_KEY}="
+            f"--long-prefill-token-threshold {threshold} is below {label(CHUNK_KEY)}="
             f"{settings.prefill_chunk}; prompt chunks could never be scheduled. Use "
-            f"{CHUNK_KEY} <= {threshold} or a larger threshold."
+            f"{flag(CHUNK_KEY)} <= {threshold} or a larger threshold."
         )
     if settings.budget >= model.max_model_len:
         logger.warning(
-            "%s=%d >= max_model_len=%d: nothing will ever be evicted.",
-            BUDGET_KEY,
+            "%s=%d >= max_model_len=%d: nothing will ever be evicted (allowed and exact, but "
+            "%s < %d is what saves KV memory).",
+            label(BUDGET_KEY),
             settings.budget,
+            model.max_model_len,
+            flag(BUDGET_KEY),
             model.max_model_len,
         )
 

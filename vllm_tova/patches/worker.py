@@ -1,4 +1,4 @@
-"""Patches 2 and 3: the TOVA KV spec and backend selection (see the index in ``__init__``)."""
+"""Patches 6 and 7: the TOVA KV spec and backend selection (see the index in ``__init__``)."""
 
 from __future__ import annotations
 

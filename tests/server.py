@@ -1,0 +1,91 @@
+"""Start a real ``vllm serve`` process (the console script of this environment) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import ENGINE_DEFAULTS
+
+VLLM = str(Path(sys.executable).parent / "vllm")
+
+
+def serve_flags(**overrides) -> list[str]:
+    """The CLI spelling of the tests' engine settings (so offline and served runs match)."""
+    settings = {k: v for k, v in ENGINE_DEFAULTS.items() if k != "disable_log_stats"}
+    settings.update(overrides)
+    flags: list[str] = []
+    for key, value in settings.items():
+        name = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(name)
+        elif value is not False:
+            flags += [name, str(value)]
+    return flags
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``vllm ARGS`` to completion (for flags that must be refused before any engine)."""
+    return subprocess.run([VLLM, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def vllm_server(model: Path, flags: list[str], log: Path, start_timeout: float = 600) -> Iterator[str]:
+    """``vllm serve MODEL FLAGS`` on a loopback port; yields its base URL; always stopped."""
+    port = free_port()
+    cmd = [VLLM, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *flags]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"vllm serve did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # the server's own process group only
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str) -> float | None:
+    """Sum of a metric's samples (over labels) in Prometheus text format; None if absent."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    ]
+    return sum(values) if values else None

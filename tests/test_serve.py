@@ -1,0 +1,182 @@
+"""``vllm serve --kv-policy tova`` as a real process: outputs, streaming, load, /metrics, errors.
+
+One server for the module (engine start is the slow part); the offline engine runs first and
+is closed before the server starts, so only one engine is alive at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+from vllm import SamplingParams
+
+from tests.conftest import tova
+from tests.server import metric, scrape, serve_flags, vllm_server
+
+BUDGET, CHUNK, MAX_TOKENS, NUM_LAYERS = 128, 256, 16, 30
+BLOCK_CAP = 4  # ceil(128 / 32)
+
+
+@pytest.fixture(scope="module")
+def prompts(austen_ids: list[int]) -> list[list[int]]:
+    """32 token-id prompts of 40..660 tokens: most exceed K, so TOVA evicts."""
+    return [austen_ids[1000 * i : 1000 * i + 40 + 20 * i] for i in range(32)]
+
+
+def test_offline_per_request_budget_is_refused(engines, prompts) -> None:
+    """Runs first, on the engine the ``offline`` fixture then reuses (same settings)."""
+    llm = engines.get(additional_config=tova(BUDGET, CHUNK))
+    params = SamplingParams(max_tokens=2, extra_args={"kv_budget": 64})
+    with pytest.raises(ValueError, match=r"'kv_budget'=64 is not supported per request"):
+        llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)
+    same = SamplingParams(temperature=0, max_tokens=2, extra_args={"kv_budget": BUDGET})
+    out = llm.generate([{"prompt_token_ids": prompts[0]}], same, use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 2
+
+
+@pytest.fixture(scope="module")
+def offline(engines, prompts) -> list[str]:
+    """The same prompts through the offline ``LLM`` API (same settings), then closed."""
+    llm = engines.get(additional_config=tova(BUDGET, CHUNK))
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    engines.close()
+    return [o.outputs[0].text for o in outs]
+
+
+@pytest.fixture(scope="module")
+def server(offline, model_path: Path, tmp_path_factory) -> tuple[str, Path]:
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    flags = serve_flags(seed=0) + [
+        "--kv-policy", "tova", "--kv-budget", str(BUDGET), "--kv-prefill-chunk", str(CHUNK),
+    ]  # fmt: skip
+    with vllm_server(model_path, flags, log) as url:
+        yield url, log
+
+
+@pytest.fixture(scope="module")
+def client(server, model_path: Path) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused")
+
+
+def _complete(client: openai.OpenAI, model: str, prompt: list[int], **extra):
+    return client.completions.create(
+        model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0,
+        extra_body={"ignore_eos": True, **extra},
+    )  # fmt: skip
+
+
+def test_startup_log_names_policy_budget_cap_and_gain(server) -> None:
+    text = server[1].read_text()
+    assert "vllm-tova: policy=tova budget=128 prefill_chunk=256 block_size=32 -> at most 4 KV blocks" in text
+    assert "up to 16.0x more sequences per KV pool" in text  # 2048-token sequence: 64 blocks
+
+
+def test_single_completion_equals_offline(client, model_path, prompts, offline) -> None:
+    out = _complete(client, str(model_path), prompts[20])
+    assert out.choices[0].text == offline[20]
+    assert out.usage.completion_tokens == MAX_TOKENS
+
+
+def test_streaming_equals_offline(client, model_path, prompts, offline) -> None:
+    stream = client.completions.create(
+        model=str(model_path), prompt=prompts[31], max_tokens=MAX_TOKENS, temperature=0,
+        stream=True, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    chunks = [c.choices[0].text for c in stream if c.choices]
+    assert len(chunks) > 1
+    assert "".join(chunks) == offline[31]
+
+
+def test_32_concurrent_equal_offline_and_metrics_track_them(server, model_path, prompts, offline) -> None:
+    url = server[0]
+    peaks = {"running": 0.0, "blocks": 0.0}
+    done = threading.Event()
+
+    def watch() -> None:  # scrape /metrics while the batch runs
+        while not done.is_set():
+            text = scrape(url)
+            peaks["running"] = max(peaks["running"], metric(text, "vllm_tova:running_sequences") or 0)
+            peaks["blocks"] = max(peaks["blocks"], metric(text, "vllm_tova:kv_blocks_per_sequence") or 0)
+            time.sleep(0.2)
+
+    async def run_all():
+        aclient = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused")
+        calls = [
+            aclient.completions.create(
+                model=str(model_path), prompt=p, max_tokens=MAX_TOKENS, temperature=0,
+                extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            for p in prompts
+        ]
+        return await asyncio.gather(*calls)
+
+    before = scrape(url)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = asyncio.run(run_all())
+    finally:
+        done.set()
+        watcher.join()
+    assert [r.choices[0].text for r in results] == offline
+
+    # Every sequence that absorbed n > K tokens evicted n - K entries in each of the 30 layers
+    # (the last sampled token is never absorbed).
+    absorbed = [r.usage.prompt_tokens + r.usage.completion_tokens - 1 for r in results]
+    expected = NUM_LAYERS * sum(max(0, n - BUDGET) for n in absorbed)
+    assert expected > 0
+    start = metric(before, "vllm_tova:evicted_tokens_total")
+    deadline = time.monotonic() + 10
+    while (evicted := metric(scrape(url), "vllm_tova:evicted_tokens_total") - start) != expected:
+        assert time.monotonic() < deadline, f"evicted {evicted} != expected {expected}"
+        time.sleep(0.2)
+
+    assert peaks["running"] > 1, peaks
+    assert 0 < peaks["blocks"] <= BLOCK_CAP, peaks
+    final = scrape(url)
+    assert metric(final, "vllm_tova:kv_block_cap") == BLOCK_CAP
+    assert metric(final, "vllm:num_requests_running") is not None  # vLLM's own series still there
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"max_tokens": -3}, "max_tokens"),
+        ({"vllm_xargs": {"kv_budget": 64}}, "'kv_budget'=64 is not supported per request"),
+        ({"vllm_xargs": {"kv_policy": "none"}}, "'kv_policy'='none' is not supported per request"),
+    ],
+)
+def test_bad_request_gets_4xx_and_server_keeps_serving(server, model_path, prompts, offline, extra, message):
+    url = server[0]
+    body = {"model": str(model_path), "prompt": prompts[3], "max_tokens": MAX_TOKENS, "temperature": 0}
+    status, reply = _post(url, {**body, **extra})
+    assert 400 <= status < 500, reply
+    assert message in json.dumps(reply), reply
+    status, reply = _post(url, {**body, "ignore_eos": True})
+    assert status == 200 and reply["choices"][0]["text"] == offline[3]
+
+
+def test_restating_the_server_budget_per_request_is_accepted(server, model_path, prompts, offline):
+    body = {"model": str(model_path), "prompt": prompts[5], "max_tokens": MAX_TOKENS, "temperature": 0}
+    status, reply = _post(server[0], {**body, "ignore_eos": True, "vllm_xargs": {"kv_budget": BUDGET}})
+    assert status == 200 and reply["choices"][0]["text"] == offline[5]
