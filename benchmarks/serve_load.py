@@ -3,7 +3,9 @@
 ``python -m benchmarks.serve_load`` starts the server (once per system), waits for
 ``/health``, sends ``--num-requests`` streamed completions with ``--concurrency`` in flight
 (token-id prompts, exactly ``--gen-len`` tokens each), stops the server, and reports request
-throughput, time to first token (TTFT) and inter-token latency (ITL) percentiles.
+throughput, time to first token (TTFT), inter-token latency (ITL: gaps between streamed
+chunks, as vLLM's own serving benchmark counts them) and time per output token (TPOT: a
+request's decode time over its tokens after the first) percentiles.
 
 Writes ``benchmarks/results/serve_load-<device>.{csv,md}``; server logs go beside them.
 """
@@ -29,7 +31,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = [
     "device", "vllm_version", "policy", "budget", "prompt_len", "gen_len", "num_requests",
     "concurrency", "ok", "seconds", "req_s", "gen_tok_s", "ttft_p50_ms", "ttft_p90_ms",
-    "ttft_p99_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "e2e_p50_s", "e2e_p99_s", "model",
+    "ttft_p99_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "e2e_p50_s",
+    "e2e_p99_s", "model",
 ]  # fmt: skip
 
 
@@ -37,9 +40,14 @@ COLUMNS = [
 class RequestTiming:
     ok: bool = False
     ttft: float = math.nan
-    gaps: list[float] = field(default_factory=list)  # seconds between streamed tokens
+    gaps: list[float] = field(default_factory=list)  # seconds between streamed chunks (ITL)
     tokens: int = 0
     e2e: float = math.nan
+
+    @property
+    def tpot(self) -> float:
+        """Mean time per output token after the first (robust to chunks carrying several)."""
+        return (self.e2e - self.ttft) / (self.tokens - 1) if self.tokens > 1 else math.nan
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,7 +80,7 @@ async def _one(session, url: str, body: dict) -> RequestTiming:
             if timing.tokens == 0:
                 timing.ttft = now - start
             else:
-                timing.gaps.append((now - last) / n)
+                timing.gaps.append(now - last)
             timing.tokens += n
             last = now
     timing.e2e = time.perf_counter() - start
@@ -112,13 +120,15 @@ def summarize(timings: list[RequestTiming], seconds: float) -> dict:
     ttft = [t.ttft * 1e3 for t in ok]
     itl = [g * 1e3 for t in ok for g in t.gaps]
     e2e = [t.e2e for t in ok]
+    tpot = [t.tpot * 1e3 for t in ok if not math.isnan(t.tpot)]
     return {
         "ok": len(ok),
         "seconds": round(seconds, 3),
         "req_s": round(len(ok) / seconds, 4),
         "gen_tok_s": round(sum(t.tokens for t in ok) / seconds, 2),
         **{f"ttft_p{q}_ms": round(percentile(ttft, q), 2) for q in (50, 90, 99)},
-        **{f"itl_p{q}_ms": round(percentile(itl, q), 2) for q in (50, 90, 99)},
+        **{f"itl_p{q}_ms": round(percentile(itl, q), 3) for q in (50, 90, 99)},
+        **{f"tpot_p{q}_ms": round(percentile(tpot, q), 3) for q in (50, 99)},
         "e2e_p50_s": round(percentile(e2e, 50), 3),
         "e2e_p99_s": round(percentile(e2e, 99), 3),
     }
@@ -217,8 +227,8 @@ def write_outputs(rows: list[dict], stem: Path) -> None:
         writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
     lines = [
         "| system | concurrency | requests ok | req/s | gen tok/s | TTFT p50/p90/p99 ms "
-        "| ITL p50/p90/p99 ms | e2e p50/p99 s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ITL p50/p90/p99 ms | TPOT p50/p99 ms | e2e p50/p99 s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         label = "stock" if r["policy"] == "none" else f"{r['policy']} K={r['budget']}"
@@ -226,6 +236,7 @@ def write_outputs(rows: list[dict], stem: Path) -> None:
             f"| {label} | {r['concurrency']} | {r['ok']}/{r['num_requests']} | {r['req_s']} "
             f"| {r['gen_tok_s']} | {r['ttft_p50_ms']} / {r['ttft_p90_ms']} / {r['ttft_p99_ms']} "
             f"| {r['itl_p50_ms']} / {r['itl_p90_ms']} / {r['itl_p99_ms']} "
+            f"| {r['tpot_p50_ms']} / {r['tpot_p99_ms']} "
             f"| {r['e2e_p50_s']} / {r['e2e_p99_s']} |"
         )
     r0 = rows[0]
