@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: venv test demo assets clean
+.PHONY: venv test demo assets bench serve-load clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,12 @@ assets: venv
 
 demo: venv
 	$(PY) -m vllm_tova.demo
+
+bench: venv
+	$(PY) -m benchmarks.throughput
+
+serve-load: venv
+	$(PY) -m benchmarks.serve_load
 
 test: venv
 	$(PY) -m pytest -q tests

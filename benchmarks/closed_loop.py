@@ -5,11 +5,17 @@ size is the number of requests in flight, which the client controls. Engine star
 expensive part on a GPU (about a minute each), so this is what makes a sweep affordable.
 
 Two windows are measured per point:
-* the whole run, from the first submission to the last token (or the time limit);
+* the whole run, from the first submission to the last token (or to the cut, below);
 * the steady window, from the end of the ramp (the first engine step in which every running
-  request emitted a token, i.e. the first wave's prompts are all in) to the same end. When a
-  time limit cuts a long workload short, the whole-run window is dominated by the first
-  wave's prefill; the steady window is the decode-phase throughput at that batch size.
+  request emitted a token, i.e. the first wave's prompts are all in) to the same end.
+
+A point is cut ``time_limit`` seconds after its ramp (or ``max_seconds`` after its start),
+in-flight requests aborted and the result marked truncated: on a GPU a 3,584-token
+generation at a large batch would otherwise take minutes. A cut run's whole-run numbers
+include the first wave's prefill but not the rest of its life; its steady window is the
+throughput at that batch size over the first part of the decode phase, where contexts are
+shorter than at steady state (which favours stock: its attention cost grows with context,
+TOVA's stops growing at K).
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ def run_closed_loop(
     pool_blocks: int,
     block_size: int,
     time_limit: float = math.inf,
+    max_seconds: float = math.inf,
     sample_interval: float = 0.05,
 ) -> PointResult:
     """Run ``num_requests`` requests, ``batch_size`` in flight, on an idle engine.
@@ -163,7 +170,8 @@ def run_closed_loop(
                 res.peak_kv_slots_per_seq = max(res.peak_kv_slots_per_seq, used * block_size / running)
             if ramp_end is None and running and emitted >= running:
                 ramp_end = now
-        if now - start >= time_limit and in_flight:
+        cut = now - start >= max_seconds or (ramp_end is not None and now - ramp_end >= time_limit)
+        if cut and in_flight:
             res.truncated = True
             engine.abort_request(sorted(in_flight))
             break

@@ -30,6 +30,9 @@ from benchmarks.presets import ModelChoice, resolve_model
 from benchmarks.workloads import WORKLOADS, Workload, random_prompts, scaled
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Batch sizes as multiples of stock's capacity. Long prompts are prefill-bound (a bigger
+#: batch only lengthens the ramp), so fewer points there.
+DEFAULT_MULTIPLIERS = {"paper": [1, 2, 4, 8], "long-prompt": [1, 2], "short": [1, 2]}
 ENGINE_START_S = 75  # rough H100 engine start (with CUDA graphs), for the printed plan only
 
 
@@ -70,8 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--batch-multipliers",
         type=_floats,
-        default=[0.5, 1, 2, 4, 8],
-        help="batch sizes, as multiples of the full sequences stock's pool holds",
+        default=None,
+        help="batch sizes, as multiples of the full sequences stock's pool holds "
+        f"(default per workload: {DEFAULT_MULTIPLIERS})",
     )
     p.add_argument(
         "--batch-sizes", type=_ints, default=None, help="explicit batch sizes (overrides multipliers)"
@@ -81,8 +85,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--time-limit",
         type=float,
-        default=10.0 if gpu else math.inf,
-        help="seconds per point; in-flight requests are aborted and the row marked truncated",
+        default=5.0 if gpu else math.inf,
+        help="seconds of steady window per point (after the first wave's prefill); then in-flight "
+        "requests are aborted and the row marked truncated",
+    )
+    p.add_argument(
+        "--max-point-seconds",
+        type=float,
+        default=90.0 if gpu else math.inf,
+        help="hard cap on one point, ramp included",
     )
     p.add_argument("--max-num-seqs", type=int, default=1024 if gpu else 64)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192 if gpu else 2048)
@@ -140,7 +151,8 @@ def batch_sizes(args, system: System, workload: Workload, pool_blocks: int) -> l
         return [b for b in args.batch_sizes if b <= args.max_num_seqs]
     stock = capacity(System("none"), workload, pool_blocks, args.block_size)
     own = capacity(system, workload, pool_blocks, args.block_size)
-    sizes = {max(1, round(m * stock)) for m in args.batch_multipliers}
+    multipliers = args.batch_multipliers or DEFAULT_MULTIPLIERS.get(workload.name, [1, 2])
+    sizes = {max(1, round(m * stock)) for m in multipliers}
     return sorted(b for b in sizes if b <= min(own, args.max_num_seqs))
 
 
@@ -191,7 +203,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stem = args.out_dir / f"throughput-{device}"
     print(
         f"plan: {len(plan)} engines ({', '.join(s.label for s, _ in plan)}), workloads "
-        f"{[f'{w.name} {w.prompt_len}+{w.gen_len}' for w in workloads]}, time limit {args.time_limit} s/point"
+        f"{[f'{w.name} {w.prompt_len}+{w.gen_len}' for w in workloads]}, "
+        f"steady window {args.time_limit} s/point"
         + (f"; on an H100 expect about {len(plan) * ENGINE_START_S} s of engine starts" if args.gpu else ""),
         flush=True,
     )
@@ -229,6 +242,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     pool_blocks,
                     args.block_size,
                     time_limit=args.time_limit,
+                    max_seconds=args.max_point_seconds,
                 )
                 rows.append(
                     _row(args, device, vllm.__version__, model, system, workload, n, pool_blocks, res)
