@@ -7,7 +7,8 @@ expensive part on a GPU (about a minute each), so this is what makes a sweep aff
 Two windows are measured per point:
 * the whole run, from the first submission to the last token (or to the cut, below);
 * the steady window, from the end of the ramp (the first engine step in which every running
-  request emitted a token, i.e. the first wave's prompts are all in) to the same end.
+  request emitted a token and none waits, or none more could be admitted: the first wave's
+  prompts are all in) to the same end.
 
 A point is cut ``time_limit`` seconds after its ramp (or ``max_seconds`` after its start),
 in-flight requests aborted and the result marked truncated: on a GPU a 3,584-token
@@ -32,6 +33,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm_tova.stats import blocks_in_use, read_metrics
 
 RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 PREEMPTIONS = "vllm:num_preemptions"
 _ids = itertools.count()
@@ -140,13 +142,14 @@ def run_closed_loop(
     ramp_end: float | None = None
     last_sample = -math.inf
     while engine.has_unfinished_requests():
-        emitted = 0
+        emitted = new_starts = 0
         for out in engine.step():
             rid = out.request_id
             n = len(out.outputs[0].token_ids) if out.outputs else 0
             emitted += n
             if n and rid not in started:
                 started.add(rid)
+                new_starts += 1
                 res.prompt_tokens += prompt_lens[rid]
             if ramp_end is not None:
                 res.steady_gen_tokens += n
@@ -160,7 +163,7 @@ def run_closed_loop(
         now = time.perf_counter()
         if ramp_end is None or now - last_sample >= sample_interval:
             last_sample = now
-            m = read_metrics(llm, (RUNNING, KV_USAGE))
+            m = read_metrics(llm, (RUNNING, WAITING, KV_USAGE))
             running = int(m[RUNNING])
             res.samples.append((now - start, running))
             used = blocks_in_use(m[KV_USAGE], pool_blocks)
@@ -168,7 +171,10 @@ def run_closed_loop(
             res.peak_kv_blocks = max(res.peak_kv_blocks, used)
             if running:
                 res.peak_kv_slots_per_seq = max(res.peak_kv_slots_per_seq, used * block_size / running)
-            if ramp_end is None and running and emitted >= running:
+            # Ramp over: every running request decoded, and nothing is left to admit (or
+            # nothing more could be admitted: a pool too small for the batch).
+            all_decoding = running and emitted >= running
+            if ramp_end is None and all_decoding and (not m[WAITING] or not new_starts):
                 ramp_end = now
         cut = now - start >= max_seconds or (ramp_end is not None and now - ramp_end >= time_limit)
         if cut and in_flight:
