@@ -149,6 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-requests", type=int, default=512 if gpu else 16)
     p.add_argument("--block-size", type=int, default=16 if gpu else 32)
     p.add_argument("--max-num-seqs", type=int, default=None, help="default: --concurrency")
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192 if gpu else 1024)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--kv-pool-tokens", type=int, default=None if gpu else 4096)
@@ -165,7 +166,7 @@ def server_args(args: argparse.Namespace, policy: str, block_bytes: int, max_mod
 
     out = ["--dtype", args.dtype, "--block-size", str(args.block_size), "--seed", str(args.seed)]
     out += ["--max-model-len", str(max_model_len), "--max-num-seqs", str(args.max_num_seqs)]
-    out += ["--max-num-batched-tokens", str(max(2048, args.prefill_chunk))]
+    out += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     out += ["--no-enable-prefix-caching"]
     if args.kv_pool_tokens:
         out += ["--kv-cache-memory-bytes", str(args.kv_pool_tokens // args.block_size * block_bytes)]

@@ -111,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device-name", default=None, help="name in the output files (default: from torch)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="print the points and exit (no engine)")
     args = p.parse_args(argv)
     args.gpu = gpu
     return args
@@ -180,6 +181,23 @@ def _prompt_fn(workload: Workload, vocab: int, seed: int):
     return prompt
 
 
+def print_plan(args, plan: list[tuple[System, list[Workload]]], pool_blocks: int | None) -> None:
+    """The points a run would measure (needs the pool size, i.e. --kv-pool-tokens)."""
+    if pool_blocks is None:
+        raise SystemExit("--dry-run needs --kv-pool-tokens (the pool decides the batch sizes)")
+    points = prompt_tokens = 0
+    for system, mine in plan:
+        for w in mine:
+            sizes = batch_sizes(args, system, w, pool_blocks)
+            points += len(sizes)
+            prompt_tokens += sum(sizes) * w.prompt_len
+            print(f"  {system.label:>12} {w.name:>11}: batch sizes {sizes}")
+    print(
+        f"{points} points; their first waves prefill {prompt_tokens:,} prompt tokens; "
+        f"steady windows {points * args.time_limit:.0f} s in all"
+    )
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # skips a ~15 s CPU probe per start
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its JIT costs ~2 min per start
@@ -208,6 +226,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         + (f"; on an H100 expect about {len(plan) * ENGINE_START_S} s of engine starts" if args.gpu else ""),
         flush=True,
     )
+    if args.dry_run:
+        print_plan(args, plan, pool_bytes // block_bytes if pool_bytes else None)
+        return []
     rows: list[dict] = []
     bar = tqdm(desc="points", unit="pt")
     for system, mine in plan:

@@ -18,7 +18,7 @@ def test_serve_load_smoke(tmp_path: Path) -> None:
         [
             "--model", "tiny-llama", "--prompt-len", "64", "--gen-len", "32",
             "--concurrency", "4", "--num-requests", "8", "--budget", "64", "--prefill-chunk", "32",
-            "--kv-pool-tokens", "4096", "--out-dir", str(tmp_path),
+            "--kv-pool-tokens", "4096", "--max-num-batched-tokens", "256", "--out-dir", str(tmp_path),
         ]
     )  # fmt: skip
     assert [r["policy"] for r in rows] == ["none", "tova"]

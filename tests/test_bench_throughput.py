@@ -37,6 +37,7 @@ def test_throughput_smoke(tmp_path: Path) -> None:
             "--budgets", "64", "--budget", "64", "--prefill-chunk", "32",
             "--kv-pool-tokens", "2048",  # 64 blocks of 32: 7 full stock sequences
             "--batch-multipliers", "1,4", "--waves", "1", "--max-num-seqs", "32",
+            "--max-num-batched-tokens", "256",  # small warm-up shapes: a faster engine start
             "--out-dir", str(tmp_path),
         ]
     )  # fmt: skip
