@@ -141,10 +141,12 @@ def run_closed_loop(
         submit()
     ramp_end: float | None = None
     last_sample = -math.inf
+    own_output = False  # until then, gauges may still describe the previous point's last step
     while engine.has_unfinished_requests():
         emitted = new_starts = 0
         for out in engine.step():
             rid = out.request_id
+            own_output = own_output or rid in prompt_lens
             n = len(out.outputs[0].token_ids) if out.outputs else 0
             emitted += n
             if n and rid not in started:
@@ -161,7 +163,7 @@ def run_closed_loop(
                     submit()
             res.gen_tokens += n
         now = time.perf_counter()
-        if ramp_end is None or now - last_sample >= sample_interval:
+        if own_output and (ramp_end is None or now - last_sample >= sample_interval):
             last_sample = now
             m = read_metrics(llm, (RUNNING, WAITING, KV_USAGE))
             running = int(m[RUNNING])

@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=512)
     p.add_argument("--prefill-chunk", type=int, default=512)
     p.add_argument("--prompt-len", type=int, default=512 if gpu else 64)
-    p.add_argument("--gen-len", type=int, default=1024 if gpu else 64)
+    p.add_argument("--gen-len", type=int, default=512 if gpu else 64)
     p.add_argument("--concurrency", type=int, default=256 if gpu else 8)
     p.add_argument("--num-requests", type=int, default=512 if gpu else 16)
     p.add_argument("--block-size", type=int, default=16 if gpu else 32)
