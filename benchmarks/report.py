@@ -123,6 +123,9 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
         r0 = mine[0]
         ax.set_title(f"{workload}: {r0['prompt_len']} prompt + {r0['gen_len']} generated")
         ax.set_xscale("log", base=2)
+        ticks = sorted({int(r["batch_size"]) for r in mine})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("batch size (requests in flight)")
         ax.set_ylabel("generated tok/s (dashed: steady window)")
         ax.grid(True, alpha=0.3)

@@ -62,3 +62,35 @@ def test_throughput_smoke(tmp_path: Path) -> None:
     assert all(float(r["peak_kv_slots_per_seq"]) <= 64 + 1 + 32 for r in tova)
     assert len({r["kv_pool_blocks"] for r in table}) == 1
     assert "Targets" in stem.with_suffix(".md").read_text()
+
+
+def test_report_picks_each_systems_best_batch(tmp_path: Path) -> None:
+    from benchmarks import report
+
+    def row(policy, budget, workload, batch, gen, slots=0.0):
+        return {
+            "policy": policy, "budget": budget, "workload": workload, "batch_size": batch,
+            "prompt_len": 512, "gen_len": 512, "num_requests": 2 * batch, "gen_tok_s": gen,
+            "total_tok_s": 2 * gen, "req_s": 1.0, "steady_gen_tok_s": gen, "mean_running": batch,
+            "peak_kv_blocks": 1, "peak_kv_slots_per_seq": slots, "preemptions": 0, "truncated": 0,
+            "prefill_chunk": 512,
+        }  # fmt: skip
+
+    rows = [
+        row("none", 0, "paper", 100, 1000.0), row("none", 0, "paper", 50, 800.0),
+        row("tova", 512, "paper", 400, 6000.0), row("tova", 512, "paper", 800, 5000.0),
+        row("none", 0, "short", 400, 1000.0), row("tova", 512, "short", 400, 940.0),
+        row("none", 0, "long-prompt", 50, 100.0), row("tova", 512, "long-prompt", 50, 150.0, slots=1040),
+    ]  # fmt: skip
+    best = report.best_rows(rows)
+    assert best[("paper", "stock")]["batch_size"] == 100
+    assert best[("paper", "tova K=512")]["batch_size"] == 400
+    text = report.targets(rows, 512)
+    assert "6.00x stock" in text and ": met" in text.splitlines()[2]
+    assert "peak KV slots per running sequence 1040 (bound K+1+C = 1025): not met" in text
+    assert "0.94x stock (target >= 0.95x): not met" in text
+    report.write_csv(rows, tmp_path / "t.csv")
+    assert len(report.read_csv(tmp_path / "t.csv")) == len(rows)
+    assert "| paper | tova K=512 | 400 | 6,000.0 | 6.00x |" in report.markdown(rows)
+    report.plot(rows, tmp_path / "t.png", "synthetic")
+    assert (tmp_path / "t.png").stat().st_size > 0
