@@ -112,6 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="print the points and exit (no engine)")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows already in the CSV (split a sweep over several invocations)",
+    )
     args = p.parse_args(argv)
     args.gpu = gpu
     return args
@@ -229,7 +234,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.dry_run:
         print_plan(args, plan, pool_bytes // block_bytes if pool_bytes else None)
         return []
-    rows: list[dict] = []
+    csv_path = stem.with_suffix(".csv")
+    rows: list[dict] = report.read_csv(csv_path) if args.append and csv_path.exists() else []
     bar = tqdm(desc="points", unit="pt")
     for system, mine in plan:
         kw = engine_kwargs(args, model, max_model_len)
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     f"({time.perf_counter() - t0:.0f} s)"
                 )
                 bar.update()
-                report.write_csv(rows, stem.with_suffix(".csv"))  # partial results survive a kill
+                report.write_csv(rows, csv_path)  # partial results survive a kill
     bar.close()
     write_outputs(rows, stem, args.budget, f"{model.name} on {device}, vLLM {vllm.__version__}")
     return rows
