@@ -66,7 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workloads", default="paper,long-prompt,short", help=f"subset of {list(WORKLOADS)}")
     p.add_argument("--scale", type=int, default=1, help="divide every workload length by this (CPU runs)")
-    p.add_argument("--budgets", type=_ints, default=[256, 512, 1024], help="TOVA budgets K for 'paper'")
+    p.add_argument(
+        "--budgets",
+        type=_ints,
+        default=[512],
+        help="TOVA budgets K for 'paper' (the issue's 256,1024: a second run, see README)",
+    )
     p.add_argument("--budget", type=int, default=512, help="the TOVA budget for the other workloads")
     p.add_argument("--policy", default="tova")
     p.add_argument("--prefill-chunk", type=int, default=512, help="TOVA prompt chunk C")
@@ -107,7 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="KV pool size in tokens (default on GPU: what --gpu-memory-utilization leaves)",
     )
     p.add_argument("--enforce-eager", action="store_true", default=not gpu)
-    p.add_argument("--no-stock", action="store_true", help="skip stock (then --kv-pool-tokens is needed)")
+    p.add_argument(
+        "--no-stock",
+        action="store_true",
+        help="skip stock; the pool is then --kv-pool-tokens or, with --append, the CSV's",
+    )
     p.add_argument("--device-name", default=None, help="name in the output files (default: from torch)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--seed", type=int, default=0)
@@ -130,9 +139,13 @@ def device_slug(args: argparse.Namespace) -> str:
 
 
 def systems_for(args: argparse.Namespace, workloads: list[Workload]) -> list[tuple[System, list[Workload]]]:
-    """Engines to start, in order, with the workloads each runs (extra budgets: 'paper' only)."""
+    """Engines to start, in order, with the workloads each runs.
+
+    ``paper`` runs on every TOVA engine; the other workloads only at ``--budget``, whose engine
+    is started when one of them is selected.
+    """
     plan = [] if args.no_stock else [(System("none"), workloads)]
-    budgets = list(dict.fromkeys([args.budget, *args.budgets]))
+    budgets = set(args.budgets) | ({args.budget} if any(w.name != "paper" for w in workloads) else set())
     for k in sorted(budgets):
         mine = [w for w in workloads if k == args.budget or w.name == "paper"]
         if mine:
@@ -219,11 +232,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plan = systems_for(args, workloads)
     max_model_len = max(w.seq_len for w in workloads)
     block_bytes = kv_block_bytes(model.path, args.dtype, args.block_size)
-    pool_bytes = args.kv_pool_tokens and args.kv_pool_tokens // args.block_size * block_bytes
-    if pool_bytes is None and args.no_stock:
-        raise SystemExit("--no-stock needs --kv-pool-tokens (stock is what sizes the pool otherwise)")
     device = device_slug(args)
     stem = args.out_dir / f"throughput-{device}"
+    csv_path = stem.with_suffix(".csv")
+    rows: list[dict] = report.read_csv(csv_path) if args.append and csv_path.exists() else []
+    pool_bytes = args.kv_pool_tokens and args.kv_pool_tokens // args.block_size * block_bytes
+    if pool_bytes is None and args.no_stock:
+        pools = {int(r["kv_pool_blocks"]) for r in rows if r["model"] == model.name}
+        if len(pools) != 1:
+            raise SystemExit("--no-stock needs --kv-pool-tokens, or --append to a CSV with one pool")
+        pool_bytes = pools.pop() * block_bytes  # the same pool as the rows appended to
     print(
         f"plan: {len(plan)} engines ({', '.join(s.label for s, _ in plan)}), workloads "
         f"{[f'{w.name} {w.prompt_len}+{w.gen_len}' for w in workloads]}, "
@@ -234,8 +252,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.dry_run:
         print_plan(args, plan, pool_bytes // block_bytes if pool_bytes else None)
         return []
-    csv_path = stem.with_suffix(".csv")
-    rows: list[dict] = report.read_csv(csv_path) if args.append and csv_path.exists() else []
     bar = tqdm(desc="points", unit="pt")
     for system, mine in plan:
         kw = engine_kwargs(args, model, max_model_len)
