@@ -6,9 +6,9 @@ expensive part on a GPU (about a minute each), so this is what makes a sweep aff
 
 Two windows are measured per point:
 * the whole run, from the first submission to the last token (or to the cut, below);
-* the steady window, from the end of the ramp (the first engine step in which every running
-  request emitted a token and none waits, or none more could be admitted: the first wave's
-  prompts are all in) to the same end.
+* the steady window, from the end of the ramp (the first engine step after which every
+  request of the first wave has emitted a token, or every running request emitted one and
+  none more could be admitted: the first wave's prompts are all in) to the same end.
 
 A point is cut ``time_limit`` seconds after its ramp (or ``max_seconds`` after its start),
 in-flight requests aborted and the result marked truncated: on a GPU a 3,584-token
@@ -176,7 +176,8 @@ def run_closed_loop(
             # Ramp over: every running request decoded, and nothing is left to admit (or
             # nothing more could be admitted: a pool too small for the batch).
             all_decoding = running and emitted >= running
-            if ramp_end is None and all_decoding and (not m[WAITING] or not new_starts):
+            first_wave_in = len(started) >= min(batch_size, num_requests)
+            if ramp_end is None and (first_wave_in or (all_decoding and (not m[WAITING] or not new_starts))):
                 ramp_end = now
         cut = now - start >= max_seconds or (ramp_end is not None and now - ramp_end >= time_limit)
         if cut and in_flight:
