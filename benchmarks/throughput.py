@@ -33,6 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: Batch sizes as multiples of stock's capacity. Long prompts are prefill-bound (a bigger
 #: batch only lengthens the ramp), so fewer points there.
 DEFAULT_MULTIPLIERS = {"paper": [1, 2, 4, 8], "long-prompt": [1, 2], "short": [1, 2]}
+CPU_POOL_TOKENS = 16384  # the CPU engine needs an explicit pool size
 ENGINE_START_S = 75  # rough H100 engine start (with CUDA graphs), for the printed plan only
 
 
@@ -108,8 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--kv-pool-tokens",
         type=int,
-        default=None if gpu else 16384,
-        help="KV pool size in tokens (default on GPU: what --gpu-memory-utilization leaves)",
+        default=None,
+        help="KV pool size in tokens (default: on GPU what --gpu-memory-utilization leaves, "
+        f"with --no-stock --append the CSV's; on CPU {CPU_POOL_TOKENS})",
     )
     p.add_argument("--enforce-eager", action="store_true", default=not gpu)
     p.add_argument(
@@ -216,6 +218,19 @@ def print_plan(args, plan: list[tuple[System, list[Workload]]], pool_blocks: int
     )
 
 
+def pool_size(args, rows: list[dict], model_name: str, block_bytes: int) -> int | None:
+    """KV pool bytes: --kv-pool-tokens; else, for --no-stock, the pool of the CSV appended to;
+    else on CPU 16,384 tokens; None = stock sizes it from --gpu-memory-utilization."""
+    if args.kv_pool_tokens:
+        return args.kv_pool_tokens // args.block_size * block_bytes
+    if args.no_stock:
+        pools = {int(r["kv_pool_blocks"]) for r in rows if r["model"] == model_name}
+        if len(pools) != 1:
+            raise SystemExit("--no-stock needs --kv-pool-tokens, or --append to a CSV with one pool")
+        return pools.pop() * block_bytes  # the same pool as the rows appended to
+    return None if args.gpu else CPU_POOL_TOKENS // args.block_size * block_bytes
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # skips a ~15 s CPU probe per start
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its JIT costs ~2 min per start
@@ -236,12 +251,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stem = args.out_dir / f"throughput-{device}"
     csv_path = stem.with_suffix(".csv")
     rows: list[dict] = report.read_csv(csv_path) if args.append and csv_path.exists() else []
-    pool_bytes = args.kv_pool_tokens and args.kv_pool_tokens // args.block_size * block_bytes
-    if pool_bytes is None and args.no_stock:
-        pools = {int(r["kv_pool_blocks"]) for r in rows if r["model"] == model.name}
-        if len(pools) != 1:
-            raise SystemExit("--no-stock needs --kv-pool-tokens, or --append to a CSV with one pool")
-        pool_bytes = pools.pop() * block_bytes  # the same pool as the rows appended to
+    pool_bytes = pool_size(args, rows, model.name, block_bytes)
     print(
         f"plan: {len(plan)} engines ({', '.join(s.label for s, _ in plan)}), workloads "
         f"{[f'{w.name} {w.prompt_len}+{w.gen_len}' for w in workloads]}, "
@@ -266,6 +276,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with open_llm(model.path, **kw) as llm:
             pool_blocks = llm.llm_engine.vllm_config.cache_config.num_gpu_blocks
             pool_bytes = pool_bytes or pool_blocks * block_bytes  # the same pool for the next engines
+            if any(int(r["kv_pool_blocks"]) != pool_blocks for r in rows):
+                tqdm.write(f"WARNING: {pool_blocks} KV blocks here, other pools in {csv_path}")
             warm = replace(mine[0], prompt_len=min(mine[0].prompt_len, 64), gen_len=8)
             run_closed_loop(
                 llm, _prompt_fn(warm, model.vocab_size, 99), 8, 4, 4, pool_blocks, args.block_size
