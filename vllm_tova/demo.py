@@ -35,8 +35,7 @@ class Row:
 
     @property
     def blocks_per_running_sequence(self) -> float:
-        used = self.stats.peak_kv_usage * (self.pool_blocks - 1)  # vLLM's null block is unused
-        return used / max(self.stats.peak_running, 1)
+        return self.stats.peak_blocks_in_use(self.pool_blocks) / max(self.stats.peak_running, 1)
 
 
 def _parse() -> argparse.Namespace:

@@ -31,6 +31,16 @@ class RunStats:
     def prompt_tokens(self) -> int:
         return sum(len(o.prompt_token_ids or ()) for o in self.outputs)
 
+    def peak_blocks_in_use(self, pool_blocks: int) -> float:
+        """KV blocks in use at the usage peak, for a pool of ``pool_blocks`` blocks."""
+        return blocks_in_use(self.peak_kv_usage, pool_blocks)
+
+
+def blocks_in_use(kv_usage: float, pool_blocks: int) -> float:
+    """Convert vLLM's KV usage fraction to blocks: it is reported over the pool minus the
+    null block vLLM reserves (block 0, never handed to a request)."""
+    return kv_usage * (pool_blocks - 1)
+
 
 @contextmanager
 def open_llm(model: str, **kwargs) -> Iterator[LLM]:
@@ -55,7 +65,16 @@ def kv_block_bytes(model: str, dtype: str, block_size: int) -> int:
 
 
 def _metric(llm: LLM, name: str) -> float:
-    return sum(m.value for m in llm.get_metrics() if m.name == name and hasattr(m, "value"))
+    return read_metrics(llm, (name,))[name]
+
+
+def read_metrics(llm: LLM, names: tuple[str, ...]) -> dict[str, float]:
+    """Several gauges/counters from one snapshot (summed over engines); needs log stats on."""
+    values = dict.fromkeys(names, 0.0)
+    for m in llm.get_metrics():
+        if m.name in values and hasattr(m, "value"):
+            values[m.name] += m.value
+    return values
 
 
 def run_batch(

@@ -1,0 +1,71 @@
+"""Start vLLM's OpenAI server on loopback, wait until it is healthy, and always stop it.
+
+The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console
+script of the CPU wheel fails; with the CUDA wheel both work) in its own process group, so
+stopping it also stops its EngineCore and worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM to the server's own process group (it started it), then SIGKILL if needed."""
+    if proc.poll() is not None:
+        return
+    pgid = os.getpgid(proc.pid)
+    os.killpg(pgid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def openai_server(
+    model: str, args: list[str], log_path: Path, startup_timeout: float = 600.0
+) -> Iterator[str]:
+    """Yield the base URL (``http://127.0.0.1:PORT``) of a healthy server; logs go to a file."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), *args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while not _healthy(url):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"server not healthy after {startup_timeout:.0f} s; see {log_path}")
+                time.sleep(1.0)
+            yield url
+        finally:
+            _stop(proc)

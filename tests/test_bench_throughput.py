@@ -1,0 +1,96 @@
+"""CI smoke run of benchmarks/throughput.py: tiny dummy Llama, CPU, a KV pool of 7 sequences.
+
+Keeps the script from rotting and checks what it measures is sane: on a pool too small for
+stock, TOVA keeps more sequences running and generates faster per second.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from argparse import Namespace
+from pathlib import Path
+
+from benchmarks import throughput
+from benchmarks.closed_loop import _time_weighted_mean
+from benchmarks.workloads import Workload
+
+
+def test_batch_sizes_follow_each_systems_capacity() -> None:
+    args = Namespace(batch_sizes=None, batch_multipliers=[0.5, 1, 4], block_size=32, max_num_seqs=64)
+    work = Workload("paper", 32, 224)  # 8 blocks of 32
+    stock, tova = throughput.System("none"), throughput.System("tova", 64)  # 2 blocks
+    assert throughput.batch_sizes(args, stock, work, pool_blocks=65) == [4, 8]
+    assert throughput.batch_sizes(args, tova, work, pool_blocks=65) == [4, 8, 32]
+
+
+def test_time_weighted_mean() -> None:
+    samples = [(0.0, 2), (1.0, 4), (3.0, 0)]
+    assert _time_weighted_mean(samples, 0.0, 4.0) == (2 * 1 + 4 * 2 + 0 * 1) / 4
+    assert _time_weighted_mean(samples, 1.0, 3.0) == 4
+
+
+def test_throughput_smoke(tmp_path: Path) -> None:
+    rows = throughput.main(
+        [
+            "--model", "tiny-llama", "--workloads", "paper", "--scale", "16",  # 32 + 224 tokens
+            "--budgets", "64", "--budget", "64", "--prefill-chunk", "32",
+            "--kv-pool-tokens", "2048",  # 64 blocks of 32: 7 full stock sequences
+            "--batch-multipliers", "1,4", "--waves", "1", "--max-num-seqs", "32",
+            "--max-num-batched-tokens", "256",  # small warm-up shapes: a faster engine start
+            "--out-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    stem = tmp_path / "throughput-cpu"
+    for suffix in (".csv", ".md", ".png"):
+        assert stem.with_suffix(suffix).stat().st_size > 0
+    with stem.with_suffix(".csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) == 3  # stock at 7; TOVA at 7 and 28
+    for row in table:
+        assert float(row["gen_tok_s"]) > 0 and float(row["total_tok_s"]) > float(row["gen_tok_s"])
+        assert int(row["finished"]) == int(row["num_requests"]) and row["truncated"] == "0"
+        assert not math.isnan(float(row["steady_gen_tok_s"]))
+    stock = [r for r in table if r["policy"] == "none"]
+    tova = [r for r in table if r["policy"] == "tova"]
+    assert [r["batch_size"] for r in stock] == ["7"] and [r["batch_size"] for r in tova] == ["7", "28"]
+    best_stock = max(float(r["mean_running"]) for r in stock)
+    best_tova = max(float(r["mean_running"]) for r in tova)
+    print(f"mean running: stock {best_stock}, TOVA {best_tova}")
+    assert best_tova > 2 * best_stock
+    # K + 1 + C slots per running sequence at most (block-granular), and the pool is shared.
+    assert all(float(r["peak_kv_slots_per_seq"]) <= 64 + 1 + 32 for r in tova)
+    assert len({r["kv_pool_blocks"] for r in table}) == 1
+    assert "Targets" in stem.with_suffix(".md").read_text()
+
+
+def test_report_picks_each_systems_best_batch(tmp_path: Path) -> None:
+    from benchmarks import report
+
+    def row(policy, budget, workload, batch, gen, slots=0.0):
+        return {
+            "policy": policy, "budget": budget, "workload": workload, "batch_size": batch,
+            "prompt_len": 512, "gen_len": 512, "num_requests": 2 * batch, "gen_tok_s": gen,
+            "total_tok_s": 2 * gen, "req_s": 1.0, "steady_gen_tok_s": gen, "mean_running": batch,
+            "peak_kv_blocks": 1, "peak_kv_slots_per_seq": slots, "preemptions": 0, "truncated": 0,
+            "prefill_chunk": 512,
+        }  # fmt: skip
+
+    rows = [
+        row("none", 0, "paper", 100, 1000.0), row("none", 0, "paper", 50, 800.0),
+        row("tova", 512, "paper", 400, 6000.0), row("tova", 512, "paper", 800, 5000.0),
+        row("none", 0, "short", 400, 1000.0), row("tova", 512, "short", 400, 940.0),
+        row("none", 0, "long-prompt", 50, 100.0), row("tova", 512, "long-prompt", 50, 150.0, slots=1040),
+    ]  # fmt: skip
+    best = report.best_rows(rows)
+    assert best[("paper", "stock")]["batch_size"] == 100
+    assert best[("paper", "tova K=512")]["batch_size"] == 400
+    text = report.targets(rows, 512)
+    assert "6.00x stock" in text and ": met" in text.splitlines()[2]
+    assert "peak KV slots per running sequence 1040 (bound K+1+C = 1025): not met" in text
+    assert "0.94x stock (target >= 0.95x): not met" in text
+    report.write_csv(rows, tmp_path / "t.csv")
+    assert len(report.read_csv(tmp_path / "t.csv")) == len(rows)
+    assert "| paper | tova K=512 | 400 | 6,000.0 | 6.00x |" in report.markdown(rows)
+    report.plot(rows, tmp_path / "t.png", "synthetic")
+    assert (tmp_path / "t.png").stat().st_size > 0
