@@ -45,12 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="CI preset: persuasion, 1 window of 64 tokens, tova at K=32, reference-checked",
+        help="CI preset: persuasion, 1 window of 64 tokens, h2o at K=32, reference-checked",
     )
     args = p.parse_args(argv)
     if args.quick:
         args.texts, args.windows, args.seq_len = ["persuasion"], 1, 64
-        args.budgets, args.policies, args.reference_windows = [32], ["tova"], 1
+        args.budgets, args.policies, args.reference_windows = [32], ["h2o"], 1
     return args
 
 
