@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from benchmarks.ppl_report import COLUMNS, Row, markdown_table, plot, write_csv
 from benchmarks.ppl_scoring import FULL, Scored, Window, make_windows, perplexity, score_reference, score_vllm
 from vllm_tova import assets
@@ -41,6 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budgets", type=int, nargs="+", default=DEFAULT_BUDGETS)
     p.add_argument("--policies", nargs="+", default=[*POLICIES, FULL], choices=[*POLICIES, FULL])
     p.add_argument("--reference-windows", type=int, default=0, help="windows re-scored by the reference")
+    p.add_argument(
+        "--reference-threads",
+        type=int,
+        default=1,
+        help="torch threads for the reference (on a busy 2-core machine 1 thread ran 28x faster)",
+    )
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument(
         "--quick",
@@ -120,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         configs.insert(0, (FULL, None))
     checked = windows[: args.reference_windows]
     reference = None
+    threads = torch.get_num_threads()
     if checked:
         from vllm_tova.reference import TovaReference
 
+        torch.set_num_threads(args.reference_threads)
         reference = TovaReference(model)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = merge(rows, new)
         write_csv(rows, csv_path)  # after every configuration: partial grids survive
 
+    torch.set_num_threads(threads)
     text = "all" if len(args.texts) > 1 else args.texts[0]
     stem = args.out_dir / f"perplexity-{name}-{args.seq_len}"
     same_len = [r for r in rows if r.model == name and r.seq_len == args.seq_len]
