@@ -25,7 +25,7 @@ class Row:
 
 def write_csv(rows: Iterable[Row], path: Path) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
             values = asdict(row)
