@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from vllm_tova.policy import TovaPolicy
 from vllm_tova.reference import TovaCache, TovaReference
 
 
@@ -39,6 +40,8 @@ def test_cache_never_exceeds_budget_and_keeps_best(reference, austen_ids: list[i
 def test_eviction_drops_lowest_score() -> None:
     cache = TovaCache.__new__(TovaCache)
     cache.budget = 2
+    cache.policy = TovaPolicy(budget=2)
+    cache.positions, cache.accumulated = [torch.arange(2)], [torch.zeros(2)]  # + 1 new entry
     layer = type("Layer", (), {})()
     layer.keys = torch.arange(3.0).view(1, 1, 3, 1)
     layer.values = layer.keys.clone()

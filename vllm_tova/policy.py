@@ -3,6 +3,11 @@
 As in NVIDIA kvpress, a policy is a small class with one ``score`` method (higher = keep).
 The attention backends call ``keep_top`` (prompt chunks) and ``evict_one`` (decode steps),
 so every policy shares the same selection, slot reuse and block arithmetic.
+
+A backend hands ``score`` what the policy declares it needs, never knowing its name:
+the newest query's weights always, each entry's token position if ``needs_positions``,
+each entry's accumulated attention if ``needs_accumulated`` (backends keep both per
+physical slot, so they survive slot reuse).
 """
 
 from __future__ import annotations
@@ -12,19 +17,38 @@ from typing import ClassVar
 
 import torch
 
+#: Score of an entry a policy never evicts (sinks, H2O's recent window).
+PROTECTED = float("inf")
+
 
 @dataclass(frozen=True)
 class EvictionPolicy:
-    """Base class: subclasses implement ``score``."""
+    """Base class: subclasses implement ``score``.
+
+    budget: K, the entries kept per sequence and layer (policies that split the budget,
+    like H2O, need it; others ignore it).
+    """
 
     name: ClassVar[str]
+    needs_positions: ClassVar[bool] = False
+    needs_accumulated: ClassVar[bool] = False
 
-    def score(self, weights: torch.Tensor) -> torch.Tensor:
-        """Score entries from attention weights.
+    budget: int | None = None
+
+    def score(
+        self,
+        weights: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        accumulated: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Score entries; higher = keep.
 
         weights: (rows, num_query_heads, entries) float32 softmax weights of each row's newest
-        query over all its entries (masked entries hold 0).
-        Returns (rows, entries); higher = keep.
+            query over all its entries (masked entries hold 0).
+        positions: (rows, entries) int64 token position of each entry (masked entries -1).
+        accumulated: (rows, entries) float32 accumulated attention of each entry, this step's
+            queries included (see ``H2OPolicy``).
+        Returns (rows, entries) float32.
         """
         raise NotImplementedError
 
@@ -47,12 +71,68 @@ class TovaPolicy(EvictionPolicy):
 
     name: ClassVar[str] = "tova"
 
-    def score(self, weights: torch.Tensor) -> torch.Tensor:
+    def score(self, weights, positions=None, accumulated=None) -> torch.Tensor:
         return weights.mean(dim=1)
 
 
-POLICIES: dict[str, type[EvictionPolicy]] = {TovaPolicy.name: TovaPolicy}
+@dataclass(frozen=True)
+class WindowPolicy(EvictionPolicy):
+    """Window: keep the K most recent tokens (score = token position)."""
+
+    name: ClassVar[str] = "window"
+    needs_positions: ClassVar[bool] = True
+
+    def score(self, weights, positions=None, accumulated=None) -> torch.Tensor:
+        assert positions is not None, "window needs positions"
+        return positions.float()
 
 
-def get_policy(name: str) -> EvictionPolicy:
-    return POLICIES[name]()
+@dataclass(frozen=True)
+class SinkPolicy(EvictionPolicy):
+    """Window+4 (StreamingLLM): the first ``sinks`` tokens of the text plus the K - sinks most
+    recent. The first tokens soak up attention that has nowhere else to go; losing them is
+    what makes a plain window collapse once the text outgrows it.
+    """
+
+    name: ClassVar[str] = "sink"
+    needs_positions: ClassVar[bool] = True
+    sinks: int = 4
+
+    def score(self, weights, positions=None, accumulated=None) -> torch.Tensor:
+        assert positions is not None, "sink needs positions"
+        is_sink = (positions >= 0) & (positions < self.sinks)
+        return positions.float().masked_fill(is_sink, PROTECTED)
+
+
+@dataclass(frozen=True)
+class H2OPolicy(EvictionPolicy):
+    """H2O (Zhang et al. 2023), as compared in the TOVA paper: recent half + heavy hitters.
+
+    Definitions, per sequence and layer, with newest position p and budget K:
+    - accumulated attention of an entry = the sum, over every query that has attended to it
+      since it was cached (itself included; all queries of a prompt chunk count, masked
+      causally), of that query's softmax weight on it averaged over the layer's query heads;
+    - the ``K // 2`` most recent positions (p - K//2 < position <= p) are always kept;
+    - the other ``K - K // 2`` entries are those with the highest accumulated attention.
+    """
+
+    name: ClassVar[str] = "h2o"
+    needs_positions: ClassVar[bool] = True
+    needs_accumulated: ClassVar[bool] = True
+
+    def score(self, weights, positions=None, accumulated=None) -> torch.Tensor:
+        assert positions is not None and accumulated is not None, "h2o needs positions, scores"
+        if self.budget is None:
+            raise ValueError("h2o needs the budget to size its recent window")
+        newest = positions.max(dim=-1, keepdim=True).values
+        recent = positions > newest - self.budget // 2
+        return accumulated.float().masked_fill(recent, PROTECTED)
+
+
+POLICIES: dict[str, type[EvictionPolicy]] = {
+    policy.name: policy for policy in (TovaPolicy, WindowPolicy, SinkPolicy, H2OPolicy)
+}
+
+
+def get_policy(name: str, budget: int | None = None) -> EvictionPolicy:
+    return POLICIES[name](budget=budget)

@@ -31,6 +31,7 @@ class DecodeRows:
     valid: (D, R + 1) which entries exist; the last column is the new token.
     full: (D,) the row already keeps K tokens, so one entry must go.
     append_slot: (D,) physical slot of logical slot ``retained`` (used when not full).
+    position: (D,) token position of the new token (``seq_len - 1``).
     """
 
     tokens: torch.Tensor
@@ -38,6 +39,7 @@ class DecodeRows:
     valid: torch.Tensor
     full: torch.Tensor
     append_slot: torch.Tensor
+    position: torch.Tensor
 
 
 @dataclass
@@ -47,12 +49,14 @@ class ChunkRow:
     first_token, num_tokens: the row's slice of the flat token batch.
     retained: tokens already cached, in logical slots [0, retained).
     slots: physical slots of logical slots [0, min(retained + num_tokens, K)).
+    first_position: token position of the chunk's first token (tokens seen before it).
     """
 
     first_token: int
     num_tokens: int
     retained: int
     slots: torch.Tensor
+    first_position: int
 
 
 @dataclass
@@ -90,23 +94,30 @@ class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
         starts = cm.query_start_loc_cpu[: num_reqs + 1].long()
         query_lens = starts[1:] - starts[:-1]
         seq_lens = cm.seq_lens_cpu[:num_reqs].long()
-        retained = (seq_lens - query_lens).clamp(max=self.budget)
+        seen = seq_lens - query_lens
+        retained = seen.clamp(max=self.budget)
         block_table = cm.block_table_tensor[:num_reqs].cpu()
 
         is_decode = query_lens == 1
         decode = None
         if bool(is_decode.any()):
             decode = self._decode_rows(
-                block_table[is_decode], starts[:-1][is_decode], retained[is_decode]
+                block_table[is_decode], starts[:-1][is_decode], retained[is_decode], seen[is_decode]
             )
         chunks = [
-            self._chunk_row(block_table[i], int(starts[i]), int(query_lens[i]), int(retained[i]))
+            self._chunk_row(
+                block_table[i], int(starts[i]), int(query_lens[i]), int(retained[i]), int(seen[i])
+            )
             for i in torch.nonzero(~is_decode & (query_lens > 0)).flatten().tolist()
         ]
         return TovaMetadata(cm.num_actual_tokens, decode, chunks)
 
     def _decode_rows(
-        self, block_table: torch.Tensor, tokens: torch.Tensor, retained: torch.Tensor
+        self,
+        block_table: torch.Tensor,
+        tokens: torch.Tensor,
+        retained: torch.Tensor,
+        position: torch.Tensor,
     ) -> DecodeRows:
         longest = int(retained.max())
         logical = torch.arange(longest + 1).expand(len(retained), -1)
@@ -121,9 +132,12 @@ class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
             valid=valid.to(self.device),
             full=(retained >= self.budget).to(self.device),
             append_slot=append.to(self.device),
+            position=position.to(self.device),
         )
 
-    def _chunk_row(self, block_table: torch.Tensor, first: int, count: int, retained: int) -> ChunkRow:
+    def _chunk_row(
+        self, block_table: torch.Tensor, first: int, count: int, retained: int, seen: int
+    ) -> ChunkRow:
         logical = torch.arange(min(retained + count, self.budget))[None]
         slots = logical_to_physical(block_table[None], logical, self.block_size)[0]
-        return ChunkRow(first, count, retained, slots.to(self.device))
+        return ChunkRow(first, count, retained, slots.to(self.device), seen)

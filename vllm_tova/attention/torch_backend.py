@@ -2,7 +2,8 @@
 
 Per layer and step: attend each new query over the sequence's retained entries plus the
 step's own new tokens (taken from activations, not from the cache), score the entries by
-the policy, drop the weakest, and write the surviving new tokens into the freed slots.
+the policy, drop the weakest, and write the surviving new tokens into the freed slots
+(with their position and accumulated attention, for policies that use them).
 The cache layout is our own, (2, num_blocks, block_size, num_kv_heads, head_size), so it
 does not depend on the CPU kernels' instruction-set-specific packing.
 """
@@ -22,6 +23,7 @@ from vllm.v1.attention.backend import (
 )
 
 from vllm_tova.attention.metadata import ChunkRow, DecodeRows, TovaMetadata, TovaMetadataBuilder
+from vllm_tova.attention.slot_state import SlotState
 from vllm_tova.config import TovaConfig
 from vllm_tova.policy import EvictionPolicy, get_policy
 
@@ -103,7 +105,8 @@ class TovaTorchImpl(AttentionImpl):
         self.group = num_heads // num_kv_heads
         settings = TovaConfig.from_additional_config(get_current_vllm_config().additional_config)
         self.budget = settings.budget
-        self.policy: EvictionPolicy = get_policy(settings.policy)
+        self.policy: EvictionPolicy = get_policy(settings.policy, settings.budget)
+        self.state = SlotState(self.policy)
 
     def forward(
         self,
@@ -121,6 +124,7 @@ class TovaTorchImpl(AttentionImpl):
         if attn_metadata is None:  # profiling run
             return output
         key_cache, value_cache = (c.flatten(0, 1) for c in kv_cache.unbind(0))
+        self.state.ensure(key_cache.shape[0], key_cache.device)
         if attn_metadata.decode is not None:
             self._decode(attn_metadata.decode, query, key, value, key_cache, value_cache, output)
         for row in attn_metadata.chunks:
@@ -153,9 +157,21 @@ class TovaTorchImpl(AttentionImpl):
         out, weights = self._attend(query[rows.tokens][:, None], k, v, rows.valid[:, None])
         output[rows.tokens] = out[:, 0]
 
+        # Policy inputs per entry; the last column is the new token.
+        newest = weights[:, 0]
+        positions = self.state.read_positions(rows.slots)
+        if positions is not None:
+            positions = torch.cat([positions, rows.position[:, None]], 1).masked_fill(~rows.valid, -1)
+        accumulated = self.state.read_accumulated(rows.slots)
+        if accumulated is not None:
+            accumulated = torch.cat([accumulated, accumulated.new_zeros(len(accumulated), 1)], 1)
+            accumulated = accumulated.masked_fill(~rows.valid, 0) + newest.mean(dim=1)
+            cached = rows.valid[:, :-1]
+            self.state.write(rows.slots[cached], None, accumulated[:, :-1][cached])
+
         # Full rows lose their weakest entry; the new token takes its slot (unless it is the
         # weakest itself). Other rows append at logical slot `retained`.
-        scores = self.policy.score(weights[:, 0])
+        scores = self.policy.score(newest, positions, accumulated)
         evicted = self.policy.evict_one(scores, rows.valid)
         num_cached = rows.slots.shape[1]
         target = rows.append_slot
@@ -166,6 +182,11 @@ class TovaTorchImpl(AttentionImpl):
             write = ~rows.full | (evicted != num_cached)
         key_cache[target[write]] = new_k[write]
         value_cache[target[write]] = new_v[write]
+        self.state.write(
+            target[write],
+            rows.position[write],
+            None if accumulated is None else accumulated[:, -1][write],
+        )
 
     def _chunk(self, row: ChunkRow, query, key, value, key_cache, value_cache, output) -> None:
         tokens = slice(row.first_token, row.first_token + row.num_tokens)
@@ -181,9 +202,25 @@ class TovaTorchImpl(AttentionImpl):
         out, weights = self._attend(query[tokens][None], k[None], v[None], mask[None])
         output[tokens] = out[0]
 
-        # Keep the K best entries by the chunk's last query; new survivors fill the freed
-        # slots, lowest first, so retained entries stay packed into logical [0, kept).
-        keep = self.policy.keep_top(self.policy.score(weights[:, -1])[0], self.budget)
+        # Policy inputs per entry: retained ones from the slot history, then the chunk's.
+        positions = self.state.read_positions(old)
+        if positions is not None:
+            new_positions = torch.arange(row.num_tokens, device=k.device) + row.first_position
+            positions = torch.cat([positions, new_positions])
+        accumulated = self.state.read_accumulated(old)
+        if accumulated is not None:
+            # Every query of the chunk adds its head-averaged weights (0 where masked).
+            accumulated = torch.cat([accumulated, accumulated.new_zeros(row.num_tokens)])
+            accumulated = accumulated + weights[0].mean(dim=1).sum(dim=0)
+
+        # Keep the K best entries by the policy; new survivors fill the freed slots, lowest
+        # first, so retained entries stay packed into logical [0, kept).
+        scores = self.policy.score(
+            weights[:, -1],
+            None if positions is None else positions[None],
+            None if accumulated is None else accumulated[None],
+        )[0]
+        keep = self.policy.keep_top(scores, self.budget)
         kept_old = torch.zeros(row.retained, dtype=torch.bool, device=k.device)
         kept_old[keep[keep < row.retained]] = True
         new_kept = keep[keep >= row.retained]
@@ -196,3 +233,10 @@ class TovaTorchImpl(AttentionImpl):
         target = row.slots[free]
         key_cache[target] = k[new_kept]
         value_cache[target] = v[new_kept]
+        if accumulated is not None:
+            self.state.write(old[kept_old], None, accumulated[: row.retained][kept_old])
+        self.state.write(
+            target,
+            None if positions is None else positions[new_kept],
+            None if accumulated is None else accumulated[new_kept],
+        )
