@@ -152,7 +152,7 @@ def test_chunk_absorption_matches_torch_backend(dtype):
     for i, (old, new) in enumerate(rows):
         logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
         slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
-        row = ChunkRow(int(starts[i]), new, old, slots)
+        row = ChunkRow(int(starts[i]), new, old, slots, first_position=old)
         torch_impl._chunk(
             row, query, key, value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
         )

@@ -202,15 +202,12 @@ def _flash_attn():
 
 
 class TovaTritonImpl(TovaTorchImpl):
-    """Refuses the same configurations as the torch backend; forward differs."""
+    """Refuses the same configurations as the torch backend; forward differs. Only TOVA has
+    a decode kernel: other policies are refused at start-up (patches/engine_args.py)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.policy.name != "tova":
-            raise NotImplementedError(
-                f"--kv-policy {self.policy.name} has no CUDA decode kernel yet; "
-                "on GPUs use --kv-policy tova"
-            )
+        assert self.policy.name == "tova", f"no CUDA decode kernel for {self.policy.name}"
         self.flash_attn, self.fa_version = _flash_attn()
 
     def forward(

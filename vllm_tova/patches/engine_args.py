@@ -7,6 +7,7 @@ import functools
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import EngineArgs
 from vllm.logger import init_logger
+from vllm.platforms import current_platform
 from vllm.utils.math_utils import cdiv
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
@@ -58,6 +59,10 @@ def _prepare_args(args: EngineArgs, settings: TovaConfig) -> None:
     args.attention_backend = "CUSTOM"
 
 
+#: Policies with CUDA decode kernels (attention/triton_kernels.py); the others run on CPU.
+GPU_POLICIES = ("tova",)
+
+
 def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
     """Refuse what the TOVA backend cannot honour, naming the setting."""
     model = config.model_config
@@ -76,6 +81,8 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
             or any("sliding" in str(t) for t in getattr(model.hf_text_config, "layer_types", None) or ())
         ),
     }
+    if settings.policy not in GPU_POLICIES and current_platform.is_cuda():
+        refusals[f"CUDA GPUs yet (their kernels serve {', '.join(GPU_POLICIES)})"] = True
     refused = [name for name, present in refusals.items() if present]
     if refused:
         raise ValueError(
