@@ -74,6 +74,17 @@ def logical_to_physical(
     return blocks.long() * block_size + logical % block_size
 
 
+def host_lengths(cm: CommonAttentionMetadata) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per request, on the host: query starts (num_reqs + 1), query lengths and tokens seen
+    before this step. Both model runners fill ``seq_lens_cpu_upper_bound``, exact without
+    speculative decoding (refused); reading it never waits on the device."""
+    n = cm.num_reqs
+    starts = cm.query_start_loc_cpu[: n + 1].long()
+    query_lens = starts[1:] - starts[:-1]
+    lens = cm.seq_lens_cpu_upper_bound if cm.seq_lens_cpu_upper_bound is not None else cm.seq_lens_cpu
+    return starts, query_lens, lens[:n].long() - query_lens
+
+
 class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
     # Attention runs eagerly between CUDA-graph pieces: any Python is allowed here.
     _cudagraph_support = AttentionCGSupport.NEVER
@@ -90,13 +101,9 @@ class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
         fast_build: bool = False,
     ) -> TovaMetadata:
         cm = common_attn_metadata
-        num_reqs = cm.num_reqs
-        starts = cm.query_start_loc_cpu[: num_reqs + 1].long()
-        query_lens = starts[1:] - starts[:-1]
-        seq_lens = cm.seq_lens_cpu[:num_reqs].long()
-        seen = seq_lens - query_lens
+        starts, query_lens, seen = host_lengths(cm)
         retained = seen.clamp(max=self.budget)
-        block_table = cm.block_table_tensor[:num_reqs].cpu()
+        block_table = cm.block_table_tensor[: cm.num_reqs].cpu()
 
         is_decode = query_lens == 1
         decode = None

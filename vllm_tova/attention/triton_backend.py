@@ -26,6 +26,7 @@ from vllm.v1.attention.backend import (
 )
 
 from vllm_tova.attention import triton_kernels
+from vllm_tova.attention.metadata import host_lengths
 from vllm_tova.attention.torch_backend import TovaTorchBackend, TovaTorchImpl
 from vllm_tova.config import TovaConfig
 
@@ -98,14 +99,8 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
     ) -> TovaTritonMetadata:
         cm = common_attn_metadata
         n = cm.num_reqs
-        starts = cm.query_start_loc_cpu[: n + 1].long()
-        query_lens = starts[1:] - starts[:-1]
-        # Both runners fill this host copy; it is exact without speculative decoding (refused).
-        host_lens = cm.seq_lens_cpu_upper_bound
-        if host_lens is None:
-            host_lens = cm.seq_lens_cpu
-        seq_lens_host = host_lens[:n].long()
-        retained = (seq_lens_host - query_lens).clamp(min=0, max=self.budget)
+        starts, query_lens, seen = host_lengths(cm)
+        retained = seen.clamp(min=0, max=self.budget)
         block_table = cm.block_table_tensor[:n]
 
         decode = None
