@@ -1,7 +1,7 @@
 """Start vLLM's OpenAI server on loopback, wait until it is healthy, and always stop it.
 
-The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console
-script of the CPU wheel fails; with the CUDA wheel both work) in its own process group, so
+The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the same server as
+``vllm serve``, without depending on the console script) in its own process group, so
 stopping it also stops its EngineCore and worker processes.
 """
 
@@ -47,25 +47,39 @@ def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
 
 
 @contextmanager
+def running_server(command: list[str], log_path: Path, startup_timeout: float = 600.0) -> Iterator[str]:
+    """Run ``COMMAND --host 127.0.0.1 --port PORT`` (an OpenAI-compatible vLLM server) and yield
+    its base URL once ``/health`` answers; logs go to ``log_path``; always stopped."""
+    port = free_port()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not _healthy(url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"server not healthy after {startup_timeout:.0f} s:\n{log_path.read_text()[-4000:]}"
+                )
+            time.sleep(1.0)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@contextmanager
 def openai_server(
     model: str, args: list[str], log_path: Path, startup_timeout: float = 600.0
 ) -> Iterator[str]:
-    """Yield the base URL (``http://127.0.0.1:PORT``) of a healthy server; logs go to a file."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), *args]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while not _healthy(url):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server not healthy after {startup_timeout:.0f} s; see {log_path}")
-                time.sleep(1.0)
-            yield url
-        finally:
-            _stop(proc)
+    """The server module (``vllm serve`` without the console script) for ``model``."""
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *args]
+    with running_server(command, log_path, startup_timeout) as url:
+        yield url

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.server import running_server
 from tests.conftest import ENGINE_DEFAULTS
 
 VLLM = str(Path(sys.executable).parent / "vllm")
@@ -32,12 +29,6 @@ def serve_flags(**overrides) -> list[str]:
     return flags
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_cli(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``vllm ARGS`` to completion (for flags that must be refused before any engine)."""
     return subprocess.run([VLLM, *args], capture_output=True, text=True, timeout=timeout)
@@ -46,34 +37,8 @@ def run_cli(args: list[str], timeout: float = 240) -> subprocess.CompletedProces
 @contextmanager
 def vllm_server(model: Path, flags: list[str], log: Path, start_timeout: float = 600) -> Iterator[str]:
     """``vllm serve MODEL FLAGS`` on a loopback port; yields its base URL; always stopped."""
-    port = free_port()
-    cmd = [VLLM, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *flags]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"vllm serve did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
+    with running_server([VLLM, "serve", str(model), *flags], log, start_timeout) as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # the server's own process group only
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def scrape(url: str) -> str:

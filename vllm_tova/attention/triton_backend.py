@@ -277,7 +277,10 @@ class TovaTritonImpl(TovaTorchImpl):
 
     def _chunk_attention(self, c: ChunkBatch, q, packed_k, packed_v) -> torch.Tensor:
         """Each chunk query sees the row's retained entries and the chunk causally."""
-        if self.flash_attn is not None and q.dtype in (torch.float16, torch.bfloat16):
+        if self.flash_attn is not None and self.fa_version is not None and q.dtype in (
+            torch.float16,
+            torch.bfloat16,
+        ):
             return self.flash_attn(
                 q=q, k=packed_k, v=packed_v,
                 max_seqlen_q=c.max_q, cu_seqlens_q=c.cu_q,

@@ -68,8 +68,9 @@ def _decode_partial(
     split = tl.program_id(2)
     num_splits = tl.num_programs(2)
     row = tl.load(rows + i)
-    token = tl.load(tokens + i)
+    token = tl.load(tokens + i).to(tl.int64)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
+    i = i.to(tl.int64)
 
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, HEAD)
@@ -343,28 +344,32 @@ class DecodeWorkspace:
     def __init__(self, num_heads: int, head_size: int, budget: int, device: torch.device) -> None:
         self.num_heads, self.head_size, self.budget, self.device = num_heads, head_size, budget, device
         self.rows = 0
-        self.splits = 0
+        self.splits = 0  # capacity of the split buffers, in rows x splits
         # Column tiles of the score pass: about 4096 (head, column) pairs per program.
         self.block_c = max(16, 4096 // _pow2(num_heads))
         self.tiles = math.ceil((budget + 1) / self.block_c)
 
     def get(self, rows: int, splits: int) -> tuple[torch.Tensor, ...]:
-        if rows > self.rows or splits > self.splits:
-            self.rows, self.splits = max(rows, self.rows), max(splits, self.splits)
-            f32 = dict(dtype=torch.float32, device=self.device)
-            h = self.num_heads
-            self.logits = torch.empty(self.rows, h, self.budget + 1, **f32)
-            self.part_out = torch.empty(self.rows, h, self.splits, self.head_size, **f32)
-            self.part_max = torch.empty(self.rows, h, self.splits, **f32)
-            self.part_sum = torch.empty(self.rows, h, self.splits, **f32)
-            self.evicted = torch.empty(self.rows, dtype=torch.int32, device=self.device)
-            self.tile_best = torch.empty(self.rows, self.tiles, **f32)
-            self.tile_index = torch.empty(self.rows, self.tiles, dtype=torch.int32, device=self.device)
+        """Views for ``rows`` rows and ``splits`` splits. The split buffers are sized by
+        rows x splits, which stays small: many splits only ever come with few rows."""
+        f32 = dict(dtype=torch.float32, device=self.device)
+        h = self.num_heads
+        if rows > self.rows:
+            self.rows = rows
+            self.logits = torch.empty(rows, h, self.budget + 1, **f32)
+            self.evicted = torch.empty(rows, dtype=torch.int32, device=self.device)
+            self.tile_best = torch.empty(rows, self.tiles, **f32)
+            self.tile_index = torch.empty(rows, self.tiles, dtype=torch.int32, device=self.device)
+        if rows * splits > self.splits:
+            self.splits = rows * splits
+            self.part_out = torch.empty(self.splits * h * self.head_size, **f32)
+            self.part_stats = torch.empty(2, self.splits * h, **f32)
+        stats = self.part_stats[:, : rows * h * splits].view(2, rows, h, splits)
         return (
             self.logits[:rows],
-            self.part_out[:rows, :, :splits],
-            self.part_max[:rows, :, :splits],
-            self.part_sum[:rows, :, :splits],
+            self.part_out[: rows * h * splits * self.head_size].view(rows, h, splits, self.head_size),
+            stats[0],
+            stats[1],
             self.evicted[:rows],
             self.tile_best[:rows],
             self.tile_index[:rows],

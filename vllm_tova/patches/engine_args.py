@@ -73,6 +73,11 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
         "pipeline parallelism (--pipeline-parallel-size > 1)": (
             config.parallel_config.pipeline_parallel_size > 1
         ),
+        # Each rank holds a slice of the heads; exact TOVA needs the scores summed across
+        # ranks before choosing, which is not implemented yet.
+        "tensor parallelism (--tensor-parallel-size > 1) yet": (
+            config.parallel_config.tensor_parallel_size > 1
+        ),
         "MLA attention models": model.use_mla,
         "hybrid (Mamba / linear-attention) models": model.is_hybrid,
         "attention-free models": model.is_attention_free,
@@ -81,8 +86,12 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
             or any("sliding" in str(t) for t in getattr(model.hf_text_config, "layer_types", None) or ())
         ),
     }
-    if settings.policy not in GPU_POLICIES and current_platform.is_cuda():
-        refusals[f"CUDA GPUs yet (their kernels serve {', '.join(GPU_POLICIES)})"] = True
+    if current_platform.is_cuda():
+        if settings.policy not in GPU_POLICIES:
+            refusals[f"CUDA GPUs yet (their kernels serve {', '.join(GPU_POLICIES)})"] = True
+        head_size = model.get_head_size()
+        if head_size & (head_size - 1):
+            refusals[f"head size {head_size} on CUDA GPUs (the kernels need a power of two)"] = True
     refused = [name for name, present in refusals.items() if present]
     if refused:
         raise ValueError(
