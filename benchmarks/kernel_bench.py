@@ -20,13 +20,10 @@ from pathlib import Path
 import torch
 from triton.testing import do_bench_cudagraph
 
+from benchmarks.report import device_slug
 from vllm_tova.attention import triton_kernels
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def device_slug() -> str:
-    return torch.cuda.get_device_name().lower().replace("nvidia ", "").replace(" ", "-")
 
 
 def copy_bandwidth_gbs(nbytes: int = 4 << 30) -> float:
@@ -107,7 +104,7 @@ def main() -> None:
     from vllm.v1.attention.backends.fa_utils import flash_attn_varlen_func, get_flash_attn_version
 
     fa = (flash_attn_varlen_func, get_flash_attn_version())
-    device = device_slug()
+    device = device_slug(torch.cuda.get_device_name())
     copy_gbs = copy_bandwidth_gbs()
     name = torch.cuda.get_device_name()
     print(f"device {name}, FlashAttention {fa[1]}, copy bandwidth {copy_gbs:.0f} GB/s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,12 @@ COLUMNS = [
     "peak_running", "peak_kv_blocks", "peak_kv_slots_per_seq", "kv_pool_blocks", "block_size",
     "prefill_chunk", "model",
 ]  # fmt: skip
+
+
+def device_slug(name: str) -> str:
+    """The device as it appears in result file names and CSV rows, the same for every
+    benchmark: 'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3', 'cpu' -> 'cpu'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().removeprefix("nvidia ")).strip("-")
 
 
 def system_label(row: dict) -> str:

@@ -18,12 +18,12 @@ import csv
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.presets import resolve_model
+from benchmarks.report import device_slug
 from benchmarks.server import openai_server
 from benchmarks.workloads import random_prompts
 
@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from vllm_tova.stats import kv_block_bytes
 
     model = resolve_model(args.model)
-    device = re.sub(r"[^a-z0-9]+", "-", (args.device_name or (
-        torch.cuda.get_device_name(0) if args.gpu else "cpu")).lower()).strip("-")  # fmt: skip
+    device = device_slug(args.device_name or (torch.cuda.get_device_name(0) if args.gpu else "cpu"))
     block_bytes = kv_block_bytes(model.path, args.dtype, args.block_size)
     max_model_len = args.prompt_len + args.gen_len
     prompts = random_prompts(args.num_requests, args.prompt_len, model.vocab_size, args.seed)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -136,8 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def device_slug(args: argparse.Namespace) -> str:
     import torch
 
-    name = args.device_name or (torch.cuda.get_device_name(0) if args.gpu else "cpu")
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return report.device_slug(args.device_name or (torch.cuda.get_device_name(0) if args.gpu else "cpu"))
 
 
 def systems_for(args: argparse.Namespace, workloads: list[Workload]) -> list[tuple[System, list[Workload]]]:

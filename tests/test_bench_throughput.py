@@ -94,3 +94,11 @@ def test_report_picks_each_systems_best_batch(tmp_path: Path) -> None:
     assert "| paper | tova K=512 | 400 | 6,000.0 | 6.00x |" in report.markdown(rows)
     report.plot(rows, tmp_path / "t.png", "synthetic")
     assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_device_slug_is_shared_by_every_result_file() -> None:
+    from benchmarks.report import device_slug
+
+    assert device_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"  # kernel/gpu-correctness files
+    assert device_slug("cpu") == "cpu"
+    assert device_slug("NVIDIA A100-SXM4-80GB") == "a100-sxm4-80gb"
