@@ -18,6 +18,17 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
+def prefix_agreement(out, expected: ReferenceResult) -> tuple[int | None, int, float]:
+    """(first differing token or None, tokens identical before it, largest |logprob
+    difference| over those tokens) of a vLLM CompletionOutput against the reference."""
+    got = list(out.token_ids)
+    diff = first_difference(got, expected.tokens)
+    agreed = len(got) if diff is None else diff
+    logprobs = [step[token].logprob for step, token in zip(out.logprobs, got)]
+    worst = max((abs(a - b) for a, b in zip(logprobs[:agreed], expected.logprobs[:agreed])), default=0.0)
+    return diff, agreed, worst
+
+
 def check_against_reference(
     label: str,
     out,
@@ -30,10 +41,7 @@ def check_against_reference(
     """
     got = list(out.token_ids)
     assert len(got) == len(expected.tokens), f"{label}: {len(got)} tokens generated"
-    diff = first_difference(got, expected.tokens)
-    agreed = len(got) if diff is None else diff
-    logprobs = [step[token].logprob for step, token in zip(out.logprobs, got)]
-    worst = max((abs(a - b) for a, b in zip(logprobs[:agreed], expected.logprobs[:agreed])), default=0.0)
+    diff, agreed, worst = prefix_agreement(out, expected)
     report = f"{label}: {agreed}/{len(got)} tokens identical, max |logprob diff| {worst:.2e}"
     assert worst <= logprob_tolerance, report
     if diff is not None:

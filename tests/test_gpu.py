@@ -17,7 +17,7 @@ import torch
 from vllm import SamplingParams
 
 from tests.conftest import tova
-from tests.equivalence import LOGIT_TIE, check_against_reference, first_difference
+from tests.equivalence import LOGIT_TIE, check_against_reference, first_difference, prefix_agreement
 from vllm_tova.reference import TovaReference
 from vllm_tova.stats import open_llm
 
@@ -114,12 +114,8 @@ def test_bfloat16_agreement(model_path: Path, reference_prompts, reference) -> N
         outputs = [o.outputs[0] for o in llm.generate(_ids(reference_prompts), params)]
     for prompt, out in zip(reference_prompts, outputs):
         expected = reference.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
-        got = list(out.token_ids)
-        diff = first_difference(got, expected.tokens)
-        agreed = NUM_GENERATED if diff is None else diff
-        same = sum(a == b for a, b in zip(got, expected.tokens))
-        logprobs = [step[t].logprob for step, t in zip(out.logprobs, got)]
-        drift = max(abs(a - b) for a, b in zip(logprobs[:agreed], expected.logprobs[:agreed]))
+        _, agreed, drift = prefix_agreement(out, expected)
+        same = sum(a == b for a, b in zip(out.token_ids, expected.tokens))
         print(
             f"[gpu] bf16 K={BUDGET} prompt {len(prompt)}: identical prefix {agreed}/{NUM_GENERATED}, "
             f"same token at {same}/{NUM_GENERATED} steps, max |logprob diff| on the prefix {drift:.3f}"
