@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import os
+import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+import vllm
 
 from benchmarks.ppl_report import COLUMNS, Row, markdown_table, plot, write_csv
 from benchmarks.ppl_scoring import FULL, Scored, Window, make_windows, perplexity, score_reference, score_vllm
@@ -170,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.out_dir / f"perplexity-{name}-{args.seq_len}"
     same_len = [r for r in rows if r.model == name and r.seq_len == args.seq_len]
     table = markdown_table(same_len, text)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     stem.with_suffix(".md").write_text(
-        f"Perplexity of {name} on {text} ({args.seq_len}-token windows), vLLM + vllm-tova:\n\n{table}"
+        f"Perplexity of {name} on {text} ({args.seq_len}-token windows), vLLM + vllm-tova:\n\n"
+        f"- command: `python -m benchmarks.perplexity {' '.join(sys.argv[1:])}`\n"
+        f"- device: {device}; vLLM {vllm.__version__}; {datetime.date.today()}\n\n{table}"
     )
     plot(same_len, text, f"{name}, {text}, {args.seq_len}-token windows", stem.with_suffix(".png"))
     print(table)
