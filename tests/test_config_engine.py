@@ -74,10 +74,6 @@ def test_tova_turns_on_what_it_needs(model_path: Path) -> None:
             r"kv_policy=tova does not support pipeline parallelism \(--pipeline-parallel-size > 1\)",
         ),
         (
-            {"additional_config": tova(128, 256), "tensor_parallel_size": 3},  # SmolLM2: 9 heads
-            r"kv_policy=tova does not support tensor parallelism \(--tensor-parallel-size > 1\) yet",
-        ),
-        (
             {
                 "additional_config": tova(128, 256),
                 "kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"},

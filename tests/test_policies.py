@@ -11,7 +11,7 @@ from vllm_tova.config import TovaConfig, additional_config
 from vllm_tova.policy import POLICIES, EvictionPolicy, H2OPolicy, SinkPolicy, WindowPolicy, get_policy
 from vllm_tova.reference import TovaCache
 
-UNIFORM = torch.full((1, 2, 8), 1 / 8)  # weights carry no signal for position-based policies
+UNIFORM = torch.full((1, 8), 1 / 8)  # attention carries no signal for position-based policies
 
 
 def _kept(policy: EvictionPolicy, positions: list[int], accumulated=None, budget: int = 4) -> list[int]:

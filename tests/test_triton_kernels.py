@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -60,14 +61,106 @@ def torch_decode_step(query, key, value, key_cache, value_cache, block_table, se
     ],
 )
 def test_decode_matches_torch(dtype, heads, kv_heads, head, budget, block_size, splits):
+    kernels = _kernels(dtype)
+    case = _decode_case(dtype, heads, kv_heads, head, budget, block_size)
+    want_out, want_evicted, want_k, want_v = _expected(case, budget)
+    output = torch.empty_like(case.query)
+    workspace = kernels.DecodeWorkspace(heads, head, budget, torch.device(DEVICE))
+    evicted = kernels.tova_decode(
+        *case.inputs, case.rows, case.rows, output, case.scale, budget, splits, case.longest, workspace,
+        block_n=16,
+    )
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(output.cpu().float(), want_out.float(), atol=tol, rtol=tol)
+    assert evicted.cpu().tolist() == want_evicted.tolist()
+    torch.testing.assert_close(case.key_cache.cpu(), want_k, atol=0, rtol=0)
+    torch.testing.assert_close(case.value_cache.cpu(), want_v, atol=0, rtol=0)
+
+
+def test_decode_across_tensor_parallel_ranks_matches_torch():
+    """Two ranks, each with half the heads and an emulated all-reduce of the column scores,
+    evict what one process with all heads evicts, and each writes its half of the cache."""
+    heads, kv_heads, head, budget, block_size, ranks = 8, 2, 32, 70, 16, 2
+    kernels = _kernels(torch.float32)
+    case = _decode_case(torch.float32, heads, kv_heads, head, budget, block_size)
+    want_out, want_evicted, want_k, want_v = _expected(case, budget)
+
+    def shard(rank: int):
+        q_part = slice(rank * heads // ranks, (rank + 1) * heads // ranks)
+        kv_part = slice(rank * kv_heads // ranks, (rank + 1) * kv_heads // ranks)
+        query, key, value, key_cache, value_cache, block_table, seq_lens = case.inputs
+        return (
+            query[:, q_part].contiguous(), key[:, kv_part].contiguous(), value[:, kv_part].contiguous(),
+            key_cache[:, :, kv_part].clone(), value_cache[:, :, kv_part].clone(), block_table, seq_lens,
+        ), q_part, kv_part
+
+    def run(rank: int, combine):
+        inputs, q_part, kv_part = shard(rank)
+        output = torch.empty_like(inputs[0])
+        workspace = kernels.DecodeWorkspace(heads // ranks, head, budget, torch.device(DEVICE))
+        evicted = kernels.tova_decode(
+            *inputs, case.rows, case.rows, output, case.scale, budget, 3, case.longest, workspace,
+            block_n=16, combine=combine,
+        )
+        return evicted.cpu(), output.cpu(), inputs[3].cpu(), inputs[4].cpu(), q_part, kv_part
+
+    local = [None] * ranks  # each rank's column means, as its all-reduce would send them
+
+    def recorder(rank):
+        def keep(columns):
+            local[rank] = columns.clone()
+            return columns
+        return keep
+
+    for rank in range(ranks):
+        run(rank, recorder(rank))
+    summed = sum(local) / ranks
+    for rank in range(ranks):
+        evicted, output, key_cache, value_cache, q_part, kv_part = run(rank, lambda columns: summed)
+        assert evicted.tolist() == want_evicted.tolist(), f"rank {rank}"
+        torch.testing.assert_close(output, want_out[:, q_part], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(key_cache, want_k[:, :, kv_part], atol=0, rtol=0)
+        torch.testing.assert_close(value_cache, want_v[:, :, kv_part], atol=0, rtol=0)
+
+
+def _kernels(dtype: torch.dtype):
     if DEVICE == "cpu" and not INTERPRETED:
         pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
     if INTERPRETED and dtype == torch.bfloat16:
         pytest.skip("Triton's interpreter computes bfloat16 dots wrongly (numpy has no bfloat16)")
-    from vllm_tova.attention import triton_kernels as kernels
+    from vllm_tova.attention import triton_kernels
 
+    return triton_kernels
+
+
+def _expected(case: "DecodeCase", budget: int):
+    return torch_decode_step(*(t.cpu() for t in case.inputs), budget, case.scale)
+
+
+@dataclass
+class DecodeCase:
+    inputs: tuple  # query, key, value, key_cache, value_cache, block_table, seq_lens
+    rows: torch.Tensor
+    scale: float
+    longest: int
+
+    @property
+    def query(self) -> torch.Tensor:
+        return self.inputs[0]
+
+    @property
+    def key_cache(self) -> torch.Tensor:
+        return self.inputs[3]
+
+    @property
+    def value_cache(self) -> torch.Tensor:
+        return self.inputs[4]
+
+
+def _decode_case(dtype, heads, kv_heads, head, budget, block_size) -> DecodeCase:
+    """Random rows that are empty, below, at and past the budget, in shuffled blocks."""
     torch.manual_seed(0)
-    lens = [1, 5, budget, budget + 1, budget + 7]  # empty, below, at and past the budget
+    lens = [1, 5, budget, budget + 1, budget + 7]
     rows_n = len(lens)
     blocks_per_row = -(-budget // block_size)
     num_blocks = rows_n * blocks_per_row + 3
@@ -80,24 +173,12 @@ def test_decode_matches_torch(dtype, heads, kv_heads, head, budget, block_size, 
     query = torch.randn(rows_n, heads, head, **f)
     key = torch.randn(rows_n, kv_heads, head, **f)
     value = torch.randn(rows_n, kv_heads, head, **f)
-    scale = head**-0.5
-
-    want_out, want_evicted, want_k, want_v = torch_decode_step(
-        query.cpu(), key.cpu(), value.cpu(), key_cache.cpu(), value_cache.cpu(),
-        block_table.cpu(), seq_lens.cpu(), budget, scale,
+    return DecodeCase(
+        (query, key, value, key_cache, value_cache, block_table, seq_lens),
+        torch.arange(rows_n, dtype=torch.int32, device=DEVICE),
+        head**-0.5,
+        min(max(lens) - 1, budget),
     )
-    output = torch.empty_like(query)
-    rows = torch.arange(rows_n, dtype=torch.int32, device=DEVICE)
-    workspace = kernels.DecodeWorkspace(heads, head, budget, torch.device(DEVICE))
-    evicted = kernels.tova_decode(
-        query, key, value, key_cache, value_cache, block_table, seq_lens, rows, rows, output,
-        scale, budget, splits, min(max(lens) - 1, budget), workspace, block_n=16,
-    )
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(output.cpu().float(), want_out.float(), atol=tol, rtol=tol)
-    assert evicted.cpu().tolist() == want_evicted.tolist()
-    torch.testing.assert_close(key_cache.cpu(), want_k, atol=0, rtol=0)
-    torch.testing.assert_close(value_cache.cpu(), want_v, atol=0, rtol=0)
 
 
 @pytest.mark.skipif(DEVICE != "cpu" or INTERPRETED, reason="the GPU runs the cases directly")
@@ -108,7 +189,7 @@ def test_kernels_in_interpreter():
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert re.search(r"\b4 passed", done.stdout), done.stdout[-500:]
+    assert re.search(r"\b5 passed", done.stdout), done.stdout[-500:]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

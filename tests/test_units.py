@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vllm_tova.attention.head_average import HeadAverage
 from vllm_tova.config import TovaConfig
 from vllm_tova.kv_manager import TovaAttentionSpec, blocks_per_sequence
 from vllm_tova.policy import EvictionPolicy, TovaPolicy, get_policy
@@ -13,7 +14,7 @@ from vllm_tova.scheduler import aligned_chunk
 
 def test_tova_score_is_mean_over_query_heads() -> None:
     weights = torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [0.4, 0.4, 0.2]]])  # (1, 3, 3)
-    scores = TovaPolicy().score(weights)
+    scores = TovaPolicy().score(HeadAverage(tensor_parallel_size=1)(weights))
     assert torch.allclose(scores, torch.tensor([[0.4, 0.2666667, 0.3333333]]))
 
 

@@ -5,9 +5,10 @@ The attention backends call ``keep_top`` (prompt chunks) and ``evict_one`` (deco
 so every policy shares the same selection, slot reuse and block arithmetic.
 
 A backend hands ``score`` what the policy declares it needs, never knowing its name:
-the newest query's weights always, each entry's token position if ``needs_positions``,
-each entry's accumulated attention if ``needs_accumulated`` (backends keep both per
-physical slot, so they survive slot reuse).
+always the newest query's softmax weights averaged over all the layer's query heads (the
+backends own that average: under tensor parallelism it spans ranks); each entry's token
+position if ``needs_positions``; each entry's accumulated attention if ``needs_accumulated``
+(backends keep both per physical slot, so they survive slot reuse).
 """
 
 from __future__ import annotations
@@ -37,14 +38,14 @@ class EvictionPolicy:
 
     def score(
         self,
-        weights: torch.Tensor,
+        attention: torch.Tensor,
         positions: torch.Tensor | None = None,
         accumulated: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Score entries; higher = keep.
 
-        weights: (rows, num_query_heads, entries) float32 softmax weights of each row's newest
-            query over all its entries (masked entries hold 0).
+        attention: (rows, entries) float32 softmax weight of each row's newest query on each
+            entry, averaged over all the layer's query heads (masked entries hold 0).
         positions: (rows, entries) int64 token position of each entry (masked entries -1).
         accumulated: (rows, entries) float32 accumulated attention of each entry, this step's
             queries included (see ``H2OPolicy``).
@@ -71,8 +72,8 @@ class TovaPolicy(EvictionPolicy):
 
     name: ClassVar[str] = "tova"
 
-    def score(self, weights, positions=None, accumulated=None) -> torch.Tensor:
-        return weights.mean(dim=1)
+    def score(self, attention, positions=None, accumulated=None) -> torch.Tensor:
+        return attention
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class WindowPolicy(EvictionPolicy):
     name: ClassVar[str] = "window"
     needs_positions: ClassVar[bool] = True
 
-    def score(self, weights, positions=None, accumulated=None) -> torch.Tensor:
+    def score(self, attention, positions=None, accumulated=None) -> torch.Tensor:
         assert positions is not None, "window needs positions"
         return positions.float()
 
@@ -98,7 +99,7 @@ class SinkPolicy(EvictionPolicy):
     needs_positions: ClassVar[bool] = True
     sinks: int = 4
 
-    def score(self, weights, positions=None, accumulated=None) -> torch.Tensor:
+    def score(self, attention, positions=None, accumulated=None) -> torch.Tensor:
         assert positions is not None, "sink needs positions"
         is_sink = (positions >= 0) & (positions < self.sinks)
         return positions.float().masked_fill(is_sink, PROTECTED)
@@ -120,7 +121,7 @@ class H2OPolicy(EvictionPolicy):
     needs_positions: ClassVar[bool] = True
     needs_accumulated: ClassVar[bool] = True
 
-    def score(self, weights, positions=None, accumulated=None) -> torch.Tensor:
+    def score(self, attention, positions=None, accumulated=None) -> torch.Tensor:
         assert positions is not None and accumulated is not None, "h2o needs positions, scores"
         if self.budget is None:
             raise ValueError("h2o needs the budget to size its recent window")

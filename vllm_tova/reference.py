@@ -97,7 +97,8 @@ class TovaCache(DynamicCache):
         if weight_sums is not None:
             accumulated = accumulated + weight_sums.float()
         self.positions[layer_idx], self.accumulated[layer_idx] = positions, accumulated
-        scores = self.policy.score(weights[None].float(), positions[None], accumulated[None])[0]
+        attention = weights.float().mean(dim=0)
+        scores = self.policy.score(attention[None], positions[None], accumulated[None])[0]
         n = scores.numel()
         if self.budget is None or n <= self.budget:
             return float("inf")

@@ -22,6 +22,8 @@ from vllm.v1.attention.backend import (
     MultipleOf,
 )
 
+from vllm_tova.attention import eviction_log
+from vllm_tova.attention.head_average import HeadAverage
 from vllm_tova.attention.metadata import ChunkRow, DecodeRows, TovaMetadata, TovaMetadataBuilder
 from vllm_tova.attention.slot_state import SlotState
 from vllm_tova.config import TovaConfig
@@ -103,7 +105,9 @@ class TovaTorchImpl(AttentionImpl):
         self.head_size = head_size
         self.scale = float(scale)
         self.group = num_heads // num_kv_heads
-        settings = TovaConfig.from_additional_config(get_current_vllm_config().additional_config)
+        vllm_config = get_current_vllm_config()
+        settings = TovaConfig.from_additional_config(vllm_config.additional_config)
+        self.head_average = HeadAverage(vllm_config.parallel_config.tensor_parallel_size)
         self.budget = settings.budget
         self.policy: EvictionPolicy = get_policy(settings.policy, settings.budget)
         self.state = SlotState(self.policy)
@@ -158,21 +162,22 @@ class TovaTorchImpl(AttentionImpl):
         output[rows.tokens] = out[:, 0]
 
         # Policy inputs per entry; the last column is the new token.
-        newest = weights[:, 0]
+        attention = self.head_average(weights[:, 0])
         positions = self.state.read_positions(rows.slots)
         if positions is not None:
             positions = torch.cat([positions, rows.position[:, None]], 1).masked_fill(~rows.valid, -1)
         accumulated = self.state.read_accumulated(rows.slots)
         if accumulated is not None:
             accumulated = torch.cat([accumulated, accumulated.new_zeros(len(accumulated), 1)], 1)
-            accumulated = accumulated.masked_fill(~rows.valid, 0) + newest.mean(dim=1)
+            accumulated = accumulated.masked_fill(~rows.valid, 0) + attention
             cached = rows.valid[:, :-1]
             self.state.write(rows.slots[cached], None, accumulated[:, :-1][cached])
 
         # Full rows lose their weakest entry; the new token takes its slot (unless it is the
         # weakest itself). Other rows append at logical slot `retained`.
-        scores = self.policy.score(newest, positions, accumulated)
+        scores = self.policy.score(attention, positions, accumulated)
         evicted = self.policy.evict_one(scores, rows.valid)
+        eviction_log.record(torch.where(rows.full, evicted, -1))
         num_cached = rows.slots.shape[1]
         target = rows.append_slot
         write = torch.ones_like(rows.full)
@@ -211,16 +216,17 @@ class TovaTorchImpl(AttentionImpl):
         if accumulated is not None:
             # Every query of the chunk adds its head-averaged weights (0 where masked).
             accumulated = torch.cat([accumulated, accumulated.new_zeros(row.num_tokens)])
-            accumulated = accumulated + weights[0].mean(dim=1).sum(dim=0)
+            accumulated = accumulated + self.head_average(weights[0]).sum(dim=0)
 
         # Keep the K best entries by the policy; new survivors fill the freed slots, lowest
         # first, so retained entries stay packed into logical [0, kept).
         scores = self.policy.score(
-            weights[:, -1],
+            self.head_average(weights[:, -1]),
             None if positions is None else positions[None],
             None if accumulated is None else accumulated[None],
         )[0]
         keep = self.policy.keep_top(scores, self.budget)
+        eviction_log.record(keep)
         kept_old = torch.zeros(row.retained, dtype=torch.bool, device=k.device)
         kept_old[keep[keep < row.retained]] = True
         new_kept = keep[keep >= row.retained]

@@ -25,7 +25,7 @@ from vllm.v1.attention.backend import (
     CommonAttentionMetadata,
 )
 
-from vllm_tova.attention import triton_kernels
+from vllm_tova.attention import eviction_log, triton_kernels
 from vllm_tova.attention.metadata import host_lengths
 from vllm_tova.attention.torch_backend import TovaTorchBackend, TovaTorchImpl
 from vllm_tova.config import TovaConfig
@@ -222,12 +222,14 @@ class TovaTritonImpl(TovaTorchImpl):
         key_cache, value_cache = kv_cache.unbind(0)
         md = attn_metadata
         if md.decode is not None:
-            triton_kernels.tova_decode(
+            evicted = triton_kernels.tova_decode(
                 query, key, value, key_cache, value_cache, md.block_table, md.seq_lens,
                 md.decode.rows, md.decode.tokens, output, self.scale, self.budget,
                 md.decode.num_splits, md.decode.longest, md.workspace,
                 block_n=TovaTritonMetadataBuilder.block_n,
+                combine=self.head_average.combine if self.head_average.world > 1 else None,
             )
+            eviction_log.record(evicted)
         if md.chunks is not None:
             self._absorb(md.chunks, query, key, value, key_cache, value_cache, output)
         return output
@@ -249,9 +251,10 @@ class TovaTritonImpl(TovaTorchImpl):
         logits = torch.einsum("rkgd,rnkd->rkgn", q_last, packed_k[c.padded].float()) * self.scale
         logits = logits.masked_fill(~c.valid[:, None, None, :], float("-inf"))
         weights = torch.softmax(logits, dim=-1).reshape(rows, self.num_heads, width)
-        scores = self.policy.score(weights).masked_fill(~c.valid, float("-inf"))
+        scores = self.policy.score(self.head_average(weights)).masked_fill(~c.valid, float("-inf"))
         kept = min(self.budget, width)
         keep = torch.topk(scores, kept, dim=1, sorted=False).indices.sort(dim=1).values
+        eviction_log.record(keep)
 
         # Kept retained entries stay where they are; kept chunk tokens fill, in order, the
         # logical slots in [0, K) that no kept retained entry occupies (packed-slot invariant).

@@ -13,6 +13,10 @@ A decode step per layer is three launches and no host synchronisation:
 3. ``_decode_evict`` (grid rows): the argmin over the tiles; writes the new token's K/V into
    the freed slot (or appends it while fewer than K are cached).
 
+Under tensor parallelism each rank holds some of the heads: step 2 then stores every column's
+rank-local mean instead of tile minima, the caller all-reduces those (rows x (K + 1) floats),
+and ``_column_min`` takes the tile minima from the sums, so every rank evicts the same slot.
+
 Storing logits costs 4 bytes per query head per slot, against 2 * head_size * dtype bytes per
 KV head per slot for reading K/V again: a few percent of the traffic instead of half of it.
 Logits are kept in base 2 (scaled by log2(e)) so the kernels use exp2 throughout.
@@ -21,6 +25,7 @@ Logits are kept in base 2 (scaled by log2(e)) so the kernels use exp2 throughout
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import triton
@@ -159,6 +164,7 @@ def _decode_score(
     part_sum,
     tile_best,  # (num_rows, tiles) float32 out: lowest score in each column tile
     tile_index,  # (num_rows, tiles) int32 out: its column
+    columns,  # (num_rows, budget + 1) float32 out, if STORE_COLUMNS: every column's score
     budget,
     num_splits,
     stride_ot, stride_oh,
@@ -166,14 +172,18 @@ def _decode_score(
     stride_pr, stride_ph, stride_ps,
     stride_mr, stride_mh,
     stride_tr,
+    stride_cr,
     NUM_HEADS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_S: tl.constexpr,
     HEAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    STORE_COLUMNS: tl.constexpr,
 ):
     """Grid (rows, column tiles): each program merges the splits' softmax statistics (tile 0
-    also writes the output), then scores its columns and records their minimum."""
+    also writes the output), then scores its columns and records their minimum, or, under
+    tensor parallelism (STORE_COLUMNS), stores every column's rank-local score to be summed
+    across ranks before ``_column_min`` takes the minimum."""
     i = tl.program_id(0)
     tile = tl.program_id(1)
     row = tl.load(rows + i)
@@ -223,9 +233,40 @@ def _decode_score(
         other=float("-inf"),
     )
     score = tl.sum(tl.exp2(lg - lse[:, None]), 0) / NUM_HEADS
-    score = tl.where(ok, score, float("inf"))
-    tl.store(tile_best + i * stride_tr + tile, tl.min(score, 0))
-    tl.store(tile_index + i * stride_tr + tile, tl.argmin(score, 0, tie_break_left=True) + c0)
+    if STORE_COLUMNS:
+        tl.store(columns + i * stride_cr + cols, score, mask=ok)
+    else:
+        _store_tile_min(tile_best, tile_index, i * stride_tr + tile, tl.where(ok, score, float("inf")), c0)
+
+
+@triton.jit
+def _store_tile_min(tile_best, tile_index, at, score, c0):
+    tl.store(tile_best + at, tl.min(score, 0))
+    tl.store(tile_index + at, tl.argmin(score, 0, tie_break_left=True) + c0)
+
+
+@triton.jit
+def _column_min(
+    seq_lens,
+    rows,
+    columns,  # (num_rows, budget + 1) float32: every column's score, summed over ranks
+    tile_best,
+    tile_index,
+    budget,
+    stride_cr,
+    stride_tr,
+    BLOCK_C: tl.constexpr,
+):
+    """Grid (rows, column tiles): ``_decode_score``'s tile minima, from all-reduced scores."""
+    i = tl.program_id(0)
+    tile = tl.program_id(1)
+    retained = tl.minimum(tl.load(seq_lens + tl.load(rows + i)) - 1, budget)
+    c0 = tile * BLOCK_C
+    if (retained < 0) | (c0 > retained):
+        return
+    cols = c0 + tl.arange(0, BLOCK_C)
+    score = tl.load(columns + i * stride_cr + cols, mask=cols <= retained, other=float("inf"))
+    _store_tile_min(tile_best, tile_index, i * stride_tr + tile, score, c0)
 
 
 @triton.jit
@@ -360,6 +401,7 @@ class DecodeWorkspace:
             self.evicted = torch.empty(rows, dtype=torch.int32, device=self.device)
             self.tile_best = torch.empty(rows, self.tiles, **f32)
             self.tile_index = torch.empty(rows, self.tiles, dtype=torch.int32, device=self.device)
+            self.columns = torch.empty(rows, self.budget + 1, **f32)
         if rows * splits > self.splits:
             self.splits = rows * splits
             self.part_out = torch.empty(self.splits * h * self.head_size, **f32)
@@ -373,6 +415,7 @@ class DecodeWorkspace:
             self.evicted[:rows],
             self.tile_best[:rows],
             self.tile_index[:rows],
+            self.columns[:rows],
         )
 
 
@@ -393,10 +436,13 @@ def tova_decode(
     longest: int,
     workspace: DecodeWorkspace,
     block_n: int = 64,
+    combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attend, score, evict and write for ``len(rows)`` decode rows; returns the evicted
     logical slot per row (-1 while the row is below the budget). ``longest`` bounds every
     row's retained count (host-side, from the scheduler's lengths), to size the splits.
+    ``combine`` (tensor parallelism): turns the (rows, K + 1) rank-local head means of every
+    column into the mean over all ranks' heads (an all-reduce), before the argmin.
 
     query/output (tokens, H, D); key/value (tokens, KV, D); caches (blocks, bs, KV, D).
     """
@@ -405,7 +451,7 @@ def tova_decode(
     num_kv_heads = key.shape[1]
     group = num_heads // num_kv_heads
     block_size = key_cache.shape[1]
-    logits, part_out, part_max, part_sum, evicted, tile_best, tile_index = workspace.get(
+    logits, part_out, part_max, part_sum, evicted, tile_best, tile_index, columns = workspace.get(
         num_rows, num_splits
     )
     if num_rows == 0:
@@ -429,18 +475,28 @@ def tova_decode(
         BLOCK_SIZE=block_size, IEEE=ieee,
         num_warps=4,
     )
+    tensor_parallel = combine is not None
     _decode_score[(num_rows, workspace.tiles)](
         output, seq_lens, rows, tokens, logits, part_out, part_max, part_sum, tile_best, tile_index,
-        budget, num_splits,
+        columns, budget, num_splits,
         output.stride(0), output.stride(1),
         logits.stride(0), logits.stride(1),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_max.stride(0), part_max.stride(1),
         tile_best.stride(0),
+        columns.stride(0),
         NUM_HEADS=num_heads, BLOCK_H=_pow2(num_heads), BLOCK_S=_pow2(num_splits), HEAD=head,
-        BLOCK_C=workspace.block_c,
+        BLOCK_C=workspace.block_c, STORE_COLUMNS=tensor_parallel,
         num_warps=4,
     )
+    if tensor_parallel:
+        columns = combine(columns)
+        _column_min[(num_rows, workspace.tiles)](
+            seq_lens, rows, columns, tile_best, tile_index, budget,
+            columns.stride(0), tile_best.stride(0),
+            BLOCK_C=workspace.block_c,
+            num_warps=4,
+        )
     _decode_evict[(num_rows,)](
         key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
         tile_best, tile_index, evicted, budget,

@@ -73,11 +73,6 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
         "pipeline parallelism (--pipeline-parallel-size > 1)": (
             config.parallel_config.pipeline_parallel_size > 1
         ),
-        # Each rank holds a slice of the heads; exact TOVA needs the scores summed across
-        # ranks before choosing, which is not implemented yet.
-        "tensor parallelism (--tensor-parallel-size > 1) yet": (
-            config.parallel_config.tensor_parallel_size > 1
-        ),
         "MLA attention models": model.use_mla,
         "hybrid (Mamba / linear-attention) models": model.is_hybrid,
         "attention-free models": model.is_attention_free,

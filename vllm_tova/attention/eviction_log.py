@@ -1,0 +1,44 @@
+"""An optional record of every eviction decision a worker makes.
+
+Exact TOVA under tensor parallelism needs every rank to evict the same entries, or the ranks'
+caches hold different tokens and the heads they serve drift apart. This log lets a test or a
+benchmark check that at every step: with ``VLLM_TOVA_RECORD_EVICTIONS=1`` in the environment
+(workers inherit it, Ray workers included), each backend appends its decisions per layer and
+step. Start the engine with ``worker_extension_cls=eviction_log.WORKER_EXTENSION``, then
+``LLM.collective_rpc("tova_evictions")`` returns one list per rank. Off by default: recording
+copies every decision.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+ENABLED = os.environ.get("VLLM_TOVA_RECORD_EVICTIONS", "0") == "1"
+
+_records: list[torch.Tensor] = []
+
+
+def record(decisions: torch.Tensor) -> None:
+    """Append one layer-step's decisions (evicted logical slots, or the indices kept)."""
+    if ENABLED:
+        _records.append(decisions.detach().flatten().to(torch.int64, copy=True))
+
+
+def collect() -> list[int]:
+    """Every decision this process recorded since the last call, in order; then forgets them."""
+    decisions = torch.cat([r.cpu() for r in _records]) if _records else torch.zeros(0, dtype=torch.int64)
+    _records.clear()
+    return decisions.tolist()
+
+
+class EvictionLogExtension:
+    """Mixed into vLLM's worker class (``worker_extension_cls``), so that ``collective_rpc``
+    can fetch each rank's log by method name, without pickling a function."""
+
+    def tova_evictions(self) -> list[int]:
+        return collect()
+
+
+WORKER_EXTENSION = f"{__name__}.EvictionLogExtension"
