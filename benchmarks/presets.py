@@ -8,7 +8,7 @@ tokenizer (prompts are token ids). Anything else passed as ``--model`` is used a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vllm_tova.assets import cache_dir
@@ -23,7 +23,9 @@ _LLAMA3_8B = {
     "num_key_value_heads": 8,
     "head_dim": 128,
     "vocab_size": 128256,
-    "max_position_embeddings": 8192,
+    # Llama-3-8B says 8192; the long-prompt workload (8,192 + 512) needs more rotary positions
+    # (Llama-3.1-8B, the same architecture, has 131,072).
+    "max_position_embeddings": 16384,
     "rope_theta": 500000.0,
     "rms_norm_eps": 1e-5,
     "hidden_act": "silu",
@@ -48,6 +50,9 @@ PRESETS: dict[str, dict] = {
         "bos_token_id": 1,
         "eos_token_id": 2,
     },
+    # Llama-3-8B's layers (heads, widths) but 8 of them and a 32k vocabulary: small enough to
+    # write as a float32 checkpoint (8 GB) for the tensor-parallel agreement check.
+    "llama3-8b-8layers": {"num_hidden_layers": 8, "vocab_size": 32768, "bos_token_id": 1, "eos_token_id": 2},
 }
 
 
@@ -74,3 +79,52 @@ def resolve_model(name_or_path: str) -> ModelChoice:
         return ModelChoice(str(folder), True, config["vocab_size"], name_or_path)
     config = json.loads((Path(name_or_path) / "config.json").read_text())
     return ModelChoice(name_or_path, False, config["vocab_size"], Path(name_or_path).name)
+
+
+def random_checkpoint(name: str, dtype: str = "float32", seed: int = 0) -> ModelChoice:
+    """A preset written as a real checkpoint with seeded random weights (normal, std 0.02;
+    norms 1, as Llama is initialised), cached.
+
+    vLLM's dummy weights cannot compare tensor-parallel runs: each rank draws its shard from
+    the same per-parameter seed, so a TP=2 model is not the TP=1 model split in two. A
+    checkpoint is the same model whatever the sharding.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    choice = resolve_model(name)
+    folder = cache_dir() / "checkpoints" / f"{name}-{dtype}-seed{seed}"
+    if (folder / "model.safetensors").exists():
+        return replace(choice, path=str(folder), dummy=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((Path(choice.path) / "config.json").read_text())
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    head, heads, kv = config["head_dim"], config["num_attention_heads"], config["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": (config["vocab_size"], hidden), "model.norm.weight": (hidden,)}
+    for i in range(config["num_hidden_layers"]):
+        layer = f"model.layers.{i}"
+        shapes.update({
+            f"{layer}.self_attn.q_proj.weight": (heads * head, hidden),
+            f"{layer}.self_attn.k_proj.weight": (kv * head, hidden),
+            f"{layer}.self_attn.v_proj.weight": (kv * head, hidden),
+            f"{layer}.self_attn.o_proj.weight": (hidden, heads * head),
+            f"{layer}.mlp.gate_proj.weight": (inter, hidden),
+            f"{layer}.mlp.up_proj.weight": (inter, hidden),
+            f"{layer}.mlp.down_proj.weight": (hidden, inter),
+            f"{layer}.input_layernorm.weight": (hidden,),
+            f"{layer}.post_attention_layernorm.weight": (hidden,),
+        })  # fmt: skip
+    shapes["lm_head.weight"] = (config["vocab_size"], hidden)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generator = torch.Generator(device=device).manual_seed(seed)
+    tensors = {}
+    for key, shape in shapes.items():
+        if len(shape) == 1:
+            tensors[key] = torch.ones(shape, dtype=getattr(torch, dtype))
+        else:
+            weight = torch.randn(shape, generator=generator, device=device) * 0.02
+            tensors[key] = weight.to(getattr(torch, dtype)).cpu()
+    save_file(tensors, str(folder / "model.safetensors"))
+    config["torch_dtype"] = dtype
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return replace(choice, path=str(folder), dummy=False)

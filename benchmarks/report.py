@@ -14,7 +14,7 @@ COLUMNS = [
     "num_requests", "max_num_seqs", "gen_tok_s", "total_tok_s", "mean_running", "preemptions",
     "batch_size", "req_s", "steady_gen_tok_s", "ramp_s", "seconds", "finished", "truncated",
     "peak_running", "peak_kv_blocks", "peak_kv_slots_per_seq", "kv_pool_blocks", "block_size",
-    "prefill_chunk", "model",
+    "prefill_chunk", "model", "tensor_parallel_size",
 ]  # fmt: skip
 
 

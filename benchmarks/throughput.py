@@ -17,6 +17,7 @@ Writes ``benchmarks/results/throughput-<device>.{csv,md,png}``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -114,6 +115,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--enforce-eager", action="store_true", default=not gpu)
     p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="GPUs per engine; results go to throughput-<device>-tp<N>.* when above 1",
+    )
+    p.add_argument("--distributed-executor-backend", choices=["mp", "ray"], default=None)
+    p.add_argument("--tag", default="", help="suffix for the output files, e.g. small-batch")
+    p.add_argument(
+        "--compilation-config",
+        type=json.loads,
+        default=None,
+        help='vLLM compilation config as JSON, e.g. \'{"pass_config": {"fuse_allreduce_rms": false}}\'',
+    )
+    p.add_argument(
         "--no-stock",
         action="store_true",
         help="skip stock; the pool is then --kv-pool-tokens or, with --append, the CSV's",
@@ -186,7 +201,11 @@ def engine_kwargs(args, model: ModelChoice, max_model_len: int) -> dict:
         enforce_eager=args.enforce_eager,
         disable_log_stats=False,
         seed=args.seed,
+        tensor_parallel_size=args.tensor_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
     )
+    if args.compilation_config:
+        kw["compilation_config"] = args.compilation_config
     if model.dummy:
         kw.update(load_format="dummy", skip_tokenizer_init=True)
     return kw
@@ -232,7 +251,6 @@ def pool_size(args, rows: list[dict], model_name: str, block_bytes: int) -> int 
 def main(argv: list[str] | None = None) -> list[dict]:
     os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # skips a ~15 s CPU probe per start
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its JIT costs ~2 min per start
-    os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")  # 8,192 + 512 > the preset's 8,192
     args = parse_args(argv)
     import vllm
     from tqdm import tqdm
@@ -244,9 +262,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     workloads = [scaled(WORKLOADS[n], args.scale) for n in args.workloads.split(",")]
     plan = systems_for(args, workloads)
     max_model_len = max(w.seq_len for w in workloads)
-    block_bytes = kv_block_bytes(model.path, args.dtype, args.block_size)
+    # Per GPU: each rank holds 1/N of the KV heads, and KV pool sizes are per GPU.
+    block_bytes = kv_block_bytes(model.path, args.dtype, args.block_size) // args.tensor_parallel_size
     device = device_slug(args)
-    stem = args.out_dir / f"throughput-{device}"
+    tp = args.tensor_parallel_size
+    stem = args.out_dir / "-".join(
+        ["throughput", device, *([f"tp{tp}"] if tp > 1 else []), *([args.tag] if args.tag else [])]
+    )
     csv_path = stem.with_suffix(".csv")
     rows: list[dict] = report.read_csv(csv_path) if args.append and csv_path.exists() else []
     pool_bytes = pool_size(args, rows, model.name, block_bytes)
@@ -310,7 +332,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 bar.update()
                 report.write_csv(rows, csv_path)  # partial results survive a kill
     bar.close()
-    write_outputs(rows, stem, args.budget, f"{model.name} on {device}, vLLM {vllm.__version__}")
+    gpus = f"{tp} x {device}" if tp > 1 else device
+    write_outputs(rows, stem, args.budget, f"{model.name} on {gpus}, vLLM {vllm.__version__}")
     return rows
 
 
@@ -327,7 +350,7 @@ def _row(args, device, version, model, system, workload, n, pool_blocks, res) ->
         "peak_kv_blocks": round(res.peak_kv_blocks, 1),
         "peak_kv_slots_per_seq": round(res.peak_kv_slots_per_seq, 1),
         "kv_pool_blocks": pool_blocks, "block_size": args.block_size, "prefill_chunk": args.prefill_chunk,
-        "model": model.name,
+        "model": model.name, "tensor_parallel_size": args.tensor_parallel_size,
     }  # fmt: skip
 
 

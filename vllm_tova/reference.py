@@ -135,10 +135,19 @@ class ReferenceResult:
 class TovaReference:
     """A HF causal LM run with the TOVA cache."""
 
-    def __init__(self, model_path: str | Path, dtype: torch.dtype = torch.float32) -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(
-            str(model_path), dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
-        ).eval()
+    def __init__(
+        self, model_path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None
+    ) -> None:
+        # On a GPU host the reference runs on the GPU: on its CPU, beside busy engines, a
+        # 1,500-token prompt took minutes.
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(
+                str(model_path), dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
+            )
+            .to(self.device)
+            .eval()
+        )
         self.attention_modules = [layer.self_attn for layer in self.model.model.layers]
         # transformers renamed ``past_key_values`` to ``cache`` during 5.x; take what it accepts.
         accepted = inspect.signature(self.model.forward).parameters
@@ -147,8 +156,8 @@ class TovaReference:
     @torch.inference_mode()
     def _step(self, cache: TovaCache, ids: list[int], start: int) -> tuple[torch.Tensor, float]:
         """Run ``ids`` at positions start.. and evict; returns their logits and min margin."""
-        input_ids = torch.tensor([ids])
-        positions = torch.arange(start, start + len(ids))
+        input_ids = torch.tensor([ids], device=self.device)
+        positions = torch.arange(start, start + len(ids), device=self.device)
         logits = self.model(
             input_ids=input_ids, position_ids=positions[None], **{self.cache_kwarg: cache}
         ).logits
@@ -171,7 +180,7 @@ class TovaReference:
         for start in range(0, len(ids), prefill_chunk):
             chunk = ids[start : start + prefill_chunk]
             logits, _ = self._step(cache, chunk, start)
-            targets = torch.tensor(ids[start + 1 : start + 1 + len(chunk)])
+            targets = torch.tensor(ids[start + 1 : start + 1 + len(chunk)], device=self.device)
             picked = torch.log_softmax(logits[: len(targets)], -1).gather(1, targets[:, None])
             logprobs.extend(picked[:, 0].tolist())
         return logprobs
