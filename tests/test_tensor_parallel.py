@@ -9,13 +9,12 @@ The Ray executor is GPU-only in vLLM; benchmarks/tensor_parallel.py runs it on G
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from vllm import SamplingParams
 
+from benchmarks.tensor_parallel import cpu_binding, environment
 from tests.equivalence import check_against_reference
 from vllm_tova.attention import eviction_log
 from vllm_tova.config import additional_config
@@ -27,26 +26,9 @@ SPANS = [(2_000, 310), (20_000, 700)]  # (offset, length) in Emma's tokens
 GENERATED = 80
 
 
-@contextmanager
-def _environment(**values: str):
-    """Set variables for the engine's worker processes only, then restore them."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @pytest.fixture(scope="module")
 def tp_run(engines, austen_ids: list[int]):
-    cores = sorted(os.sched_getaffinity(0))
-    binding = "|".join(str(cores[rank % len(cores)]) for rank in range(RANKS))  # one core per rank
-    with _environment(VLLM_TOVA_RECORD_EVICTIONS="1", VLLM_CPU_OMP_THREADS_BIND=binding):
+    with environment(VLLM_TOVA_RECORD_EVICTIONS="1", **cpu_binding(RANKS)):
         llm = engines.get(
             additional_config=additional_config("tova", BUDGET, CHUNK),
             tensor_parallel_size=RANKS,

@@ -5,7 +5,7 @@ TOVA averages the newest query's softmax weights over *all* query heads of the l
 ranks evict different tokens and their KV caches would drift apart. Each rank therefore
 all-reduces its local per-entry mean across the tensor-parallel group (small: rows x entries
 floats per layer) and divides by N; every rank holds the same heads count, so this is the
-global mean, and it is bit-identical on every rank (all-reduce results are), so every rank
+global mean, and every rank receives the same all-reduced values, so every rank
 evicts the same entry.
 """
 
