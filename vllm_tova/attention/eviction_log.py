@@ -20,9 +20,12 @@ ENABLED = os.environ.get("VLLM_TOVA_RECORD_EVICTIONS", "0") == "1"
 _records: list[torch.Tensor] = []
 
 
-def record(decisions: torch.Tensor) -> None:
-    """Append one layer-step's decisions (evicted logical slots, or the indices kept)."""
+def record(decisions: torch.Tensor, made: torch.Tensor | None = None) -> None:
+    """Append one layer-step's decisions (evicted logical slots, or the indices kept);
+    rows where ``made`` is False are logged as -1 (no eviction). Costs nothing when off."""
     if ENABLED:
+        if made is not None:
+            decisions = torch.where(made, decisions, -1)
         _records.append(decisions.detach().flatten().to(torch.int64, copy=True))
 
 

@@ -177,7 +177,7 @@ class TovaTorchImpl(AttentionImpl):
         # weakest itself). Other rows append at logical slot `retained`.
         scores = self.policy.score(attention, positions, accumulated)
         evicted = self.policy.evict_one(scores, rows.valid)
-        eviction_log.record(torch.where(rows.full, evicted, -1))
+        eviction_log.record(evicted, made=rows.full)
         num_cached = rows.slots.shape[1]
         target = rows.append_slot
         write = torch.ones_like(rows.full)
