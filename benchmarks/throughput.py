@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -333,7 +334,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 report.write_csv(rows, csv_path)  # partial results survive a kill
     bar.close()
     gpus = f"{tp} x {device}" if tp > 1 else device
-    write_outputs(rows, stem, args.budget, f"{model.name} on {gpus}, vLLM {vllm.__version__}")
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m benchmarks.throughput", *given])
+    write_outputs(rows, stem, args.budget, f"{model.name} on {gpus}, vLLM {vllm.__version__}", command)
     return rows
 
 
@@ -354,11 +357,12 @@ def _row(args, device, version, model, system, workload, n, pool_blocks, res) ->
     }  # fmt: skip
 
 
-def write_outputs(rows: list[dict], stem: Path, budget: int, title: str) -> None:
+def write_outputs(rows: list[dict], stem: Path, budget: int, title: str, command: str) -> None:
     """CSV, markdown (all points, best per system, the issue's targets) and PNG."""
     report.write_csv(rows, stem.with_suffix(".csv"))
     text = report.markdown(rows) + "\n" + report.targets(rows, budget)
-    stem.with_suffix(".md").write_text(f"# Throughput versus batch size: {title}\n\n{text}")
+    header = f"# Throughput versus batch size: {title}\n\n- command (last run): `{command}`\n\n"
+    stem.with_suffix(".md").write_text(header + text)
     report.plot(rows, stem.with_suffix(".png"), title)
     print("\n" + text + f"\nwrote {stem}.csv, .md, .png")
 
