@@ -57,9 +57,10 @@ def bench_point(batch: int, budget: int, args, fa) -> tuple[float, float, float]
     rows = torch.arange(batch, dtype=torch.int32, device="cuda")
     scale = head**-0.5
 
-    workspace = triton_kernels.DecodeWorkspace(heads, head, budget, torch.device("cuda"))
     splits = triton_kernels.choose_splits(batch, kv_heads, attended, args.num_sms, 64)
-    workspace.get(batch, splits)  # allocate outside the graph
+    workspace = triton_kernels.DecodeWorkspace(
+        heads, head, budget, torch.device("cuda"), max_rows=batch, max_split_rows=batch * splits
+    )
 
     def tova() -> None:
         triton_kernels.tova_decode(

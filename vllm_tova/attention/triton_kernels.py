@@ -189,10 +189,17 @@ def _decode_score(
     row = tl.load(rows + i)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
     c0 = tile * BLOCK_C
-    if (retained < 0) | (c0 > retained):
-        return
     h = tl.arange(0, BLOCK_H)
     h_ok = h < NUM_HEADS
+    d = tl.arange(0, HEAD)
+    out_at = output + tl.load(tokens + i).to(tl.int64) * stride_ot + h[:, None] * stride_oh + d[None, :]
+    padding = retained < 0  # seq_len 0: a padding row of a captured batch, nothing to attend
+    if padding & (tile == 0):
+        # Zeros rather than stale memory: later layers still compute on padded tokens.
+        zeros = tl.zeros([BLOCK_H, HEAD], tl.float32).to(output.dtype.element_ty)
+        tl.store(out_at, zeros, mask=h_ok[:, None])
+    if padding | (c0 > retained):
+        return
     sp = tl.arange(0, BLOCK_S)
     stats = h_ok[:, None] & (sp < num_splits)[None, :]
     m_s = tl.load(
@@ -206,7 +213,6 @@ def _decode_score(
     lse = big_m + tl.log2(total)
 
     if tile == 0:
-        d = tl.arange(0, HEAD)
         out = tl.zeros([BLOCK_H, HEAD], tl.float32)
         for s in range(0, num_splits):
             m_one = tl.load(part_max + i * stride_mr + h * stride_mh + s, mask=h_ok, other=float("-inf"))
@@ -217,11 +223,7 @@ def _decode_score(
                 other=0.0,
             )
             out += o_s * scale[:, None]
-        tl.store(
-            output + tl.load(tokens + i).to(tl.int64) * stride_ot + h[:, None] * stride_oh + d[None, :],
-            (out / total[:, None]).to(output.dtype.element_ty),
-            mask=h_ok[:, None],
-        )
+        tl.store(out_at, (out / total[:, None]).to(output.dtype.element_ty), mask=h_ok[:, None])
 
     # TOVA score of each entry (cached slots, then the new token at column `retained`): its
     # softmax weight averaged over all query heads.
@@ -379,33 +381,51 @@ def choose_splits(num_rows: int, num_kv_heads: int, longest: int, num_sms: int, 
     return max(1, min(wanted, tiles, 64))
 
 
-class DecodeWorkspace:
-    """Scratch tensors for the decode kernels, shared by every layer and grown on demand."""
+def max_split_rows(max_rows: int, num_kv_heads: int, longest: int, num_sms: int, block_n: int) -> int:
+    """The most rows x splits ``choose_splits`` returns for 1..max_rows rows and any length up
+    to ``longest``. It never decreases with the length, so ``longest = budget + 1`` (a full
+    row's entries plus its new token) bounds every step, eager or captured."""
+    return max(n * choose_splits(n, num_kv_heads, longest, num_sms, block_n) for n in range(1, max_rows + 1))
 
-    def __init__(self, num_heads: int, head_size: int, budget: int, device: torch.device) -> None:
+
+class DecodeWorkspace:
+    """Scratch tensors for the decode kernels, shared by every layer. Allocated once, at the
+    largest size a step may ask for, and never reallocated: a captured CUDA graph keeps the
+    addresses it recorded. The split buffers are sized by rows x splits, which stays small
+    (many splits only ever come with few rows)."""
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        budget: int,
+        device: torch.device,
+        max_rows: int,
+        max_split_rows: int,
+    ) -> None:
         self.num_heads, self.head_size, self.budget, self.device = num_heads, head_size, budget, device
-        self.rows = 0
-        self.splits = 0  # capacity of the split buffers, in rows x splits
+        self.rows, self.splits = max_rows, max_split_rows  # capacities: rows, rows x splits
         # Column tiles of the score pass: about 4096 (head, column) pairs per program.
         self.block_c = max(16, 4096 // _pow2(num_heads))
         self.tiles = math.ceil((budget + 1) / self.block_c)
+        f32 = dict(dtype=torch.float32, device=device)
+        self.logits = torch.empty(max_rows, num_heads, budget + 1, **f32)
+        self.evicted = torch.empty(max_rows, dtype=torch.int32, device=device)
+        self.tile_best = torch.empty(max_rows, self.tiles, **f32)
+        self.tile_index = torch.empty(max_rows, self.tiles, dtype=torch.int32, device=device)
+        self.columns = torch.empty(max_rows, budget + 1, **f32)
+        self.part_out = torch.empty(max_split_rows * num_heads * head_size, **f32)
+        self.part_stats = torch.empty(2, max_split_rows * num_heads, **f32)
 
     def get(self, rows: int, splits: int) -> tuple[torch.Tensor, ...]:
-        """Views for ``rows`` rows and ``splits`` splits. The split buffers are sized by
-        rows x splits, which stays small: many splits only ever come with few rows."""
-        f32 = dict(dtype=torch.float32, device=self.device)
+        """Views for ``rows`` rows and ``splits`` splits; raises beyond the capacity (growing
+        would move the buffers under a captured graph)."""
+        if rows > self.rows or rows * splits > self.splits:
+            raise ValueError(
+                f"decode workspace holds {self.rows} rows and {self.splits} rows x splits; "
+                f"asked for {rows} rows x {splits} splits"
+            )
         h = self.num_heads
-        if rows > self.rows:
-            self.rows = rows
-            self.logits = torch.empty(rows, h, self.budget + 1, **f32)
-            self.evicted = torch.empty(rows, dtype=torch.int32, device=self.device)
-            self.tile_best = torch.empty(rows, self.tiles, **f32)
-            self.tile_index = torch.empty(rows, self.tiles, dtype=torch.int32, device=self.device)
-            self.columns = torch.empty(rows, self.budget + 1, **f32)
-        if rows * splits > self.splits:
-            self.splits = rows * splits
-            self.part_out = torch.empty(self.splits * h * self.head_size, **f32)
-            self.part_stats = torch.empty(2, self.splits * h, **f32)
         stats = self.part_stats[:, : rows * h * splits].view(2, rows, h, splits)
         return (
             self.logits[:rows],
@@ -440,7 +460,9 @@ def tova_decode(
 ) -> torch.Tensor:
     """Attend, score, evict and write for ``len(rows)`` decode rows; returns the evicted
     logical slot per row (-1 while the row is below the budget). ``longest`` bounds every
-    row's retained count (host-side, from the scheduler's lengths), to size the splits.
+    row's retained count, to size the splits: the scheduler's host-side maximum, or the
+    budget itself for a step that a CUDA graph replays (the kernels bound each row's work by
+    its seq_len on the device). Rows with seq_len 0 (padding) only get a zero output.
     ``combine`` (tensor parallelism): turns the (rows, K + 1) rank-local head means of every
     column into the mean over all ranks' heads (an all-reduce), before the argmin.
 
