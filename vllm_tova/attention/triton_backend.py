@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from vllm.config import CUDAGraphMode
 from vllm.v1.attention.backend import (
     AttentionCGSupport,
     AttentionLayer,
@@ -74,10 +75,33 @@ class TovaTritonMetadata:
     workspace: triton_kernels.DecodeWorkspace
 
 
+def multiprocessor_count(device: torch.device) -> int:
+    """Streaming multiprocessors of the device, which choose_splits spreads the work over."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def is_pure_decode(query_lens: torch.Tensor) -> bool:
+    """One token in every row, then only empty padding rows: the shape of a batch that vLLM
+    replays as a full CUDA graph (it pads uniform-decode batches with query length 0)."""
+    real = int((query_lens > 0).sum())
+    return real > 0 and bool((query_lens[:real] == 1).all()) and not bool(query_lens[real:].any())
+
+
 class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
-    # Attention runs eagerly between piecewise CUDA-graph pieces.
-    _cudagraph_support = AttentionCGSupport.NEVER
+    """Pure-decode steps can be captured as one full CUDA graph: their metadata holds only
+    persistent tensors and launch parameters that depend on the batch size alone. Steps with
+    prompt chunks run attention eagerly between piecewise graph pieces."""
+
+    _cudagraph_support = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
     block_n = 64
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
+        """NEVER while evictions are recorded: recording appends to a host-side list, which a
+        replayed graph would skip."""
+        if eviction_log.ENABLED:
+            return AttentionCGSupport.NEVER
+        return cls._cudagraph_support
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
@@ -86,10 +110,21 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
         model = vllm_config.model_config
         parallel = vllm_config.parallel_config
         self.num_kv_heads = model.get_num_kv_heads(parallel)
+        self.num_sms = multiprocessor_count(device)
+        self.max_rows = vllm_config.scheduler_config.max_num_seqs
+        # Row and flat-token indices of a pure-decode batch (row i holds token i): slices of
+        # one buffer, so a captured graph finds them at the same address on every replay.
+        self.arange = torch.arange(self.max_rows, dtype=torch.int32, device=device)
         self.workspace = triton_kernels.DecodeWorkspace(
-            model.get_num_attention_heads(parallel), model.get_head_size(), self.budget, device
+            model.get_num_attention_heads(parallel),
+            model.get_head_size(),
+            self.budget,
+            device,
+            max_rows=self.max_rows,
+            max_split_rows=triton_kernels.max_split_rows(
+                self.max_rows, self.num_kv_heads, self.budget + 1, self.num_sms, self.block_n
+            ),
         )
-        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
 
     def build(
         self,
@@ -100,9 +135,46 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
         cm = common_attn_metadata
         n = cm.num_reqs
         starts, query_lens, seen = host_lengths(cm)
-        retained = seen.clamp(min=0, max=self.budget)
         block_table = cm.block_table_tensor[:n]
+        if self.full_graphs() and n <= cm.num_actual_tokens and is_pure_decode(query_lens):
+            decode, chunks = self._graph_decode(n), None
+        else:
+            decode, chunks = self._eager_batches(block_table, starts, query_lens, seen)
+        return TovaTritonMetadata(
+            cm.num_actual_tokens, cm.seq_lens[:n], block_table, decode, chunks, self.workspace
+        )
 
+    def full_graphs(self) -> bool:
+        """Whether pure-decode steps may replay a full CUDA graph. Read at each step: the model
+        runners resolve the CUDA-graph mode after creating the builders."""
+        mode = self.vllm_config.compilation_config.cudagraph_mode
+        support = self.get_cudagraph_support(self.vllm_config, self.kv_cache_spec)
+        return support != AttentionCGSupport.NEVER and mode is not None and (
+            mode.decode_mode() == CUDAGraphMode.FULL
+        )
+
+    def _graph_decode(self, n: int) -> DecodeBatch:
+        """All n rows, padding included (seq_len 0: the kernels only zero their output), with
+        launch parameters that depend on n alone, so the step a graph replays is exact for
+        any lengths: the budget bounds every row, the kernels stop at each row's seq_len."""
+        if n > self.max_rows:
+            raise ValueError(f"{n} decode rows exceed max_num_seqs={self.max_rows}")
+        rows = self.arange[:n]
+        splits = triton_kernels.choose_splits(
+            n, self.num_kv_heads, self.budget + 1, self.num_sms, self.block_n
+        )
+        return DecodeBatch(rows=rows, tokens=rows, longest=self.budget, num_splits=splits)
+
+    def _eager_batches(
+        self,
+        block_table: torch.Tensor,
+        starts: torch.Tensor,
+        query_lens: torch.Tensor,
+        seen: torch.Tensor,
+    ) -> tuple[DecodeBatch | None, ChunkBatch | None]:
+        """Decode rows and prompt chunks of a step that runs attention eagerly, sized by the
+        scheduler's host-side lengths."""
+        retained = seen.clamp(min=0, max=self.budget)
         decode = None
         is_decode = query_lens == 1
         if bool(is_decode.any()):
@@ -122,9 +194,8 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
             chunks = pack_chunks(
                 block_table, chunk_rows, starts, query_lens, retained, self.block_size, self.device
             )
-        return TovaTritonMetadata(
-            cm.num_actual_tokens, cm.seq_lens[:n], block_table, decode, chunks, self.workspace
-        )
+        return decode, chunks
+
 
 def pack_chunks(
     block_table: torch.Tensor,
