@@ -10,6 +10,13 @@ the packed-slot invariant), but nothing in a layer's forward waits on the GPU:
   query sees all retained entries), scored by the chunk's last query, and the top K are
   compacted into the row's slots by a Triton copy. Sizes come from the scheduler's
   host-side lengths, so no index needs a device-to-host copy.
+
+CUDA graphs: a pure-decode step (one new token per row; vLLM pads such a batch with empty
+rows of seq_len 0) can be replayed as one full graph. Its rows and tokens are slices of a
+persistent arange, seq_lens and the block table are the model runner's persistent buffers,
+the scratch buffers are allocated once, and the launch parameters depend on the batch size
+alone (the budget bounds every row; the kernels stop at each row's seq_len). Steps with
+prompt chunks run attention eagerly between piecewise graph pieces.
 """
 
 from __future__ import annotations
