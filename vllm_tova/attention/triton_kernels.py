@@ -311,6 +311,9 @@ def _decode_evict(
     best = tl.load(tile_best + i * stride_tr + t, mask=tiles_ok, other=float("inf"))
     index = tl.load(tile_index + i * stride_tr + t, mask=tiles_ok, other=0)
     weakest = tl.sum(tl.where(t == tl.argmin(best, 0, tie_break_left=True), index, 0), 0)
+    # Finite scores give weakest <= retained; the clamp keeps the write in the row's slots even
+    # when they are not: warmup runs under CUDA-graph capture all-reduce into unset memory.
+    weakest = tl.minimum(weakest, retained)
     full = retained >= budget
     target = tl.where(full, weakest, retained)
     tl.store(evicted + i, tl.where(full, weakest, -1))
