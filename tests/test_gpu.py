@@ -1,7 +1,8 @@
 """The CUDA backend end to end on a GPU (skipped without CUDA).
 
 Real SmolLM2 weights, both model runners (V2, vLLM 0.26's default, and V1), vLLM's default
-compilation (piecewise CUDA graphs; attention runs between the pieces). Run them all with
+compilation (FULL_AND_PIECEWISE: pure-decode steps replay full CUDA graphs, steps with prompt
+chunks run piecewise graphs with attention between the pieces). Run them all with
 ``python -m benchmarks.gpu_correctness``, which records the outcome under benchmarks/results.
 """
 
