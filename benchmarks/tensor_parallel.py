@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -177,12 +178,12 @@ def agreement(args) -> dict:
 def throughput(args) -> dict:
     from benchmarks import throughput as bench
 
-    extra = args.throughput_args.split()
+    extra = shlex.split(args.throughput_args)  # quoted JSON stays one argument
     argv = ["--tensor-parallel-size", str(args.tensor_parallel_size),
             "--distributed-executor-backend", args.executors.split(",")[0], "--out-dir", str(args.out_dir),
             *extra]  # fmt: skip
     rows = bench.main(argv)
-    return {"command": "python -m benchmarks.throughput " + " ".join(argv), "rows": rows}
+    return {"command": "python -m benchmarks.throughput " + shlex.join(argv), "rows": rows}
 
 
 def render(results: dict, device: str, versions: str) -> str:

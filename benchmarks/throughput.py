@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -130,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='vLLM compilation config as JSON, e.g. \'{"pass_config": {"fuse_allreduce_rms": false}}\'',
     )
     p.add_argument(
+        "--engine-args",
+        type=json.loads,
+        default=None,
+        help='more vLLM engine arguments as JSON, e.g. \'{"disable_custom_all_reduce": true}\'',
+    )
+    p.add_argument(
         "--no-stock",
         action="store_true",
         help="skip stock; the pool is then --kv-pool-tokens or, with --append, the CSV's",
@@ -207,6 +214,7 @@ def engine_kwargs(args, model: ModelChoice, max_model_len: int) -> dict:
     )
     if args.compilation_config:
         kw["compilation_config"] = args.compilation_config
+    kw.update(args.engine_args or {})
     if model.dummy:
         kw.update(load_format="dummy", skip_tokenizer_init=True)
     return kw
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     bar.close()
     gpus = f"{tp} x {device}" if tp > 1 else device
     given = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m benchmarks.throughput", *given])
+    command = shlex.join(["python", "-m", "benchmarks.throughput", *given])
     write_outputs(rows, stem, args.budget, f"{model.name} on {gpus}, vLLM {vllm.__version__}", command)
     return rows
 
