@@ -36,7 +36,8 @@ def main() -> int:
             lines.append(line.rstrip("\n"))
     returncode = proc.returncode
     outcomes = [line.split(" INFO ")[0] for line in lines if line.startswith("tests/") and "::" in line]
-    reports = [line[line.index("[gpu]") + 6 :] for line in lines if "[gpu]" in line]
+    # A failing assertion's traceback echoes the source of the print: skip quoted markers.
+    reports = [line[line.index("[gpu]") + 6 :] for line in lines if "[gpu]" in line and '"[gpu]' not in line]
     summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), "")
     record = "\n".join(
         [
@@ -58,7 +59,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"gpu-correctness-{device_slug(torch.cuda.get_device_name())}.md"
     previous = path.read_text() if path.exists() else "# GPU correctness runs\n\n"
-    path.write_text(previous + record + "\n")
+    path.write_text(previous.rstrip("\n") + "\n\n" + record + "\n")
     print(f"wrote {path}")
     return returncode
 

@@ -107,18 +107,38 @@ def test_matches_reference_and_isolation(
     print(f"[gpu] {runner}: {len(mixed)} mixed-length requests identical alone and batched")
 
 
+#: bf16 bounds: logprob drift on the prefix shared with the float32 reference, and the
+#: reference's top-2 logit margin below which bf16 rounding may flip a greedy choice.
+BF16_LOGPROB_TOLERANCE = 0.1
+BF16_LOGIT_TIE = 0.25
+
+
 def test_bfloat16_agreement(model_path: Path, reference_prompts, reference) -> None:
-    """bf16 kernels against the float32 reference: agreement is stated, not assumed exact."""
+    """bf16 kernels against the float32 reference. Identical tokens are not expected: the
+    reference's eviction scores are near-ties (the weakest entries differ by ~1e-6) and some
+    greedy choices are too (margins of 0.04 logits on the 310-token prompt), which bf16
+    rounding flips. What must hold: logprobs on the shared prefix within the bf16 tolerance,
+    and the first departure at a near-tie of the reference. The agreement is stated beside
+    the reference's own, run in bf16, as the precision baseline."""
     params = SamplingParams(max_tokens=NUM_GENERATED, temperature=0, logprobs=1, ignore_eos=True)
     config = dict(GPU_DEFAULTS, dtype="bfloat16", additional_config=tova(BUDGET, CHUNK))
     with model_runner("v2"), open_llm(str(model_path), **config) as llm:
         outputs = [o.outputs[0] for o in llm.generate(_ids(reference_prompts), params)]
+    reference_bf16 = TovaReference(model_path, dtype=torch.bfloat16)
     for prompt, out in zip(reference_prompts, outputs):
         expected = reference.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
-        _, agreed, drift = prefix_agreement(out, expected)
-        same = sum(a == b for a, b in zip(out.token_ids, expected.tokens))
+        baseline = reference_bf16.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
+        diff, agreed, drift = prefix_agreement(out, expected)
+        baseline_diff = first_difference(baseline.tokens, expected.tokens)
+        baseline_agreed = NUM_GENERATED if baseline_diff is None else baseline_diff
+        margin = "none" if diff is None else f"{expected.logit_margins[diff]:.3f}"
         print(
-            f"[gpu] bf16 K={BUDGET} prompt {len(prompt)}: identical prefix {agreed}/{NUM_GENERATED}, "
-            f"same token at {same}/{NUM_GENERATED} steps, max |logprob diff| on the prefix {drift:.3f}"
+            f"[gpu] bf16 K={BUDGET} prompt {len(prompt)}: identical prefix {agreed}/{NUM_GENERATED} "
+            f"(the reference in bf16: {baseline_agreed}/{NUM_GENERATED}), max |logprob "
+            f"diff| on the prefix {drift:.3f}, reference top-2 margin at the departure {margin}"
         )
-        assert agreed >= 8, "bf16 output departs from the reference at once: a kernel is wrong"
+        assert drift <= BF16_LOGPROB_TOLERANCE, f"prompt {len(prompt)}: logprobs drift {drift:.3f}"
+        if diff is not None:
+            assert expected.logit_margins[diff] < BF16_LOGIT_TIE, (
+                f"prompt {len(prompt)}: departs at step {diff}, where the reference's margin is {margin}"
+            )
