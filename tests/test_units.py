@@ -91,3 +91,14 @@ def test_config_defaults_and_errors() -> None:
         TovaConfig(policy="tova", budget=16).validate_against(32, 2048)
     with pytest.raises(ValueError, match="kv_prefill_chunk=4096 exceeds max_num_batched_tokens"):
         TovaConfig(policy="tova", budget=64, prefill_chunk=4096).validate_against(32, 2048)
+
+
+def test_warns_when_batches_exceed_the_cuda_graph_capture_size() -> None:
+    from vllm_tova.patches.engine_args import uncaptured_batch_warning
+
+    message = uncaptured_batch_warning(1024, 512, graphs_on=True)
+    assert "max_num_seqs=1024" in message and "at most 512" in message
+    assert '"max_cudagraph_capture_size": 1024' in message
+    assert uncaptured_batch_warning(256, 512, graphs_on=True) is None
+    assert uncaptured_batch_warning(1024, 512, graphs_on=False) is None
+    assert uncaptured_batch_warning(1024, 0, graphs_on=True) is None
