@@ -107,38 +107,39 @@ def test_matches_reference_and_isolation(
     print(f"[gpu] {runner}: {len(mixed)} mixed-length requests identical alone and batched")
 
 
-#: bf16 bounds: logprob drift on the prefix shared with the float32 reference, and the
-#: reference's top-2 logit margin below which bf16 rounding may flip a greedy choice.
-BF16_LOGPROB_TOLERANCE = 0.1
-BF16_LOGIT_TIE = 0.25
+#: Half-precision bounds: logprob drift on the prefix shared with the float32 reference, and
+#: the reference's top-2 logit margin below which rounding may flip a greedy choice.
+HALF_LOGPROB_TOLERANCE = 0.1
+HALF_LOGIT_TIE = 0.25
 
 
-def test_bfloat16_agreement(model_path: Path, reference_prompts, reference) -> None:
-    """bf16 kernels against the float32 reference. Identical tokens are not expected: the
-    reference's eviction scores are near-ties (the weakest entries differ by ~1e-6) and some
-    greedy choices are too (margins of 0.04 logits on the 310-token prompt), which bf16
-    rounding flips. What must hold: logprobs on the shared prefix within the bf16 tolerance,
-    and the first departure at a near-tie of the reference. The agreement is stated beside
-    the reference's own, run in bf16, as the precision baseline."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_agreement(dtype: str, model_path: Path, reference_prompts, reference) -> None:
+    """bf16 / fp16 kernels against the float32 reference. Identical tokens are not expected:
+    the reference's eviction scores are near-ties (the weakest entries differ by ~1e-6) and
+    some greedy choices are too (margins of 0.04 logits on the 310-token prompt), which
+    rounding flips. What must hold: logprobs on the shared prefix within the tolerance, and
+    the first departure at a near-tie of the reference. The agreement is stated beside the
+    reference's own, run in the same dtype, as the precision baseline."""
     params = SamplingParams(max_tokens=NUM_GENERATED, temperature=0, logprobs=1, ignore_eos=True)
-    config = dict(GPU_DEFAULTS, dtype="bfloat16", additional_config=tova(BUDGET, CHUNK))
+    config = dict(GPU_DEFAULTS, dtype=dtype, additional_config=tova(BUDGET, CHUNK))
     with model_runner("v2"), open_llm(str(model_path), **config) as llm:
         outputs = [o.outputs[0] for o in llm.generate(_ids(reference_prompts), params)]
-    reference_bf16 = TovaReference(model_path, dtype=torch.bfloat16)
+    reference_half = TovaReference(model_path, dtype=getattr(torch, dtype))
     for prompt, out in zip(reference_prompts, outputs):
         expected = reference.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
-        baseline = reference_bf16.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
+        baseline = reference_half.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
         diff, agreed, drift = prefix_agreement(out, expected)
         baseline_diff = first_difference(baseline.tokens, expected.tokens)
         baseline_agreed = NUM_GENERATED if baseline_diff is None else baseline_diff
         margin = "none" if diff is None else f"{expected.logit_margins[diff]:.3f}"
         print(
-            f"[gpu] bf16 K={BUDGET} prompt {len(prompt)}: identical prefix {agreed}/{NUM_GENERATED} "
-            f"(the reference in bf16: {baseline_agreed}/{NUM_GENERATED}), max |logprob "
-            f"diff| on the prefix {drift:.3f}, reference top-2 margin at the departure {margin}"
+            f"[gpu] {dtype} K={BUDGET} prompt {len(prompt)}: identical prefix {agreed}/{NUM_GENERATED} "
+            f"(the reference in {dtype}: {baseline_agreed}/{NUM_GENERATED}), max |logprob diff| on "
+            f"the prefix {drift:.3f}, reference top-2 margin at the departure {margin}"
         )
-        assert drift <= BF16_LOGPROB_TOLERANCE, f"prompt {len(prompt)}: logprobs drift {drift:.3f}"
+        assert drift <= HALF_LOGPROB_TOLERANCE, f"prompt {len(prompt)}: logprobs drift {drift:.3f}"
         if diff is not None:
-            assert expected.logit_margins[diff] < BF16_LOGIT_TIE, (
+            assert expected.logit_margins[diff] < HALF_LOGIT_TIE, (
                 f"prompt {len(prompt)}: departs at step {diff}, where the reference's margin is {margin}"
             )

@@ -246,13 +246,13 @@ def test_kernels_in_interpreter():
     assert re.search(r"\b7 passed", done.stdout), done.stdout[-500:]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_chunk_absorption_matches_torch_backend(dtype):
     """Prompt chunks through the CUDA backend's path equal the torch backend's, slot by slot."""
     if DEVICE == "cpu" and not INTERPRETED:
         pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
     if DEVICE == "cpu" and dtype != torch.float32:
-        pytest.skip("bfloat16 chunks use FlashAttention: GPU only")
+        pytest.skip("half-precision chunks use FlashAttention: GPU only")
     from vllm.config import VllmConfig, set_current_vllm_config
 
     from vllm_tova.attention.metadata import ChunkRow, logical_to_physical
