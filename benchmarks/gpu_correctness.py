@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import vllm
 
-from benchmarks.report import device_slug
+from benchmarks.report import append_section, device_slug
 
 TESTS = ["tests/test_triton_kernels.py", "tests/test_gpu.py"]
 RESULTS = Path(__file__).parent / "results"
@@ -58,8 +58,7 @@ def main() -> int:
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"gpu-correctness-{device_slug(torch.cuda.get_device_name())}.md"
-    previous = path.read_text() if path.exists() else "# GPU correctness runs\n\n"
-    path.write_text(previous.rstrip("\n") + "\n\n" + record + "\n")
+    append_section(path, "GPU correctness runs", record)
     print(f"wrote {path}")
     return returncode
 

@@ -65,6 +65,10 @@ class ModelChoice:
     vocab_size: int
     name: str
 
+    def load_kwargs(self) -> dict:
+        """LLM(...) arguments to load it: dummy weights and no tokenizer for a preset."""
+        return dict(load_format="dummy", skip_tokenizer_init=True) if self.dummy else {}
+
 
 def resolve_model(name_or_path: str) -> ModelChoice:
     """A preset name becomes a cached config folder; anything else is a checkpoint path."""

@@ -35,6 +35,13 @@ def _num(value) -> float:
         return math.nan
 
 
+def append_section(path: Path, title: str, section: str) -> None:
+    """Append one run's section to a markdown record (created with ``title``): the GPU
+    scripts keep every run, each under its own heading."""
+    previous = path.read_text().rstrip("\n") if path.exists() else f"# {title}"
+    path.write_text(f"{previous}\n\n{section.strip(chr(10))}\n")
+
+
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:

@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.presets import resolve_model
-from benchmarks.report import device_slug
+from benchmarks.report import append_section, device_slug
 from benchmarks.workloads import random_prompts
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,7 +85,7 @@ def profile_batch(llm, batch: int, args, vocab: int) -> dict:
     from vllm.sampling_params import RequestOutputKind
 
     engine = llm.llm_engine
-    max_tokens = llm.llm_engine.model_config.max_model_len - args.prompt_len
+    max_tokens = engine.model_config.max_model_len - args.prompt_len
     params = SamplingParams(
         max_tokens=max_tokens, ignore_eos=True, temperature=0, output_kind=RequestOutputKind.DELTA
     )
@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.compilation_config:
         kw["compilation_config"] = args.compilation_config
-    if model.dummy:
-        kw.update(load_format="dummy", skip_tokenizer_init=True)
+    kw.update(model.load_kwargs())
     if args.policy != "none":
         kw["additional_config"] = additional_config(args.policy, args.budget, args.prefill_chunk)
     results = []
@@ -177,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"step-profile-{device_slug(device)}.md"
-    previous = path.read_text() if path.exists() else "# Decode step profiles\n\n"
-    path.write_text(previous + text)
+    append_section(path, "Decode step profiles", text)
     return 0
 
 

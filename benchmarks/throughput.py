@@ -215,8 +215,7 @@ def engine_kwargs(args, model: ModelChoice, max_model_len: int) -> dict:
     if args.compilation_config:
         kw["compilation_config"] = args.compilation_config
     kw.update(args.engine_args or {})
-    if model.dummy:
-        kw.update(load_format="dummy", skip_tokenizer_init=True)
+    kw.update(model.load_kwargs())
     return kw
 
 
