@@ -52,6 +52,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="torch threads for the reference (on a busy 2-core machine 1 thread ran 28x faster)",
     )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="free GPU memory an engine demands at start (the KV pool is sized in bytes "
+        "regardless); e.g. 0.05 to run several configurations side by side on one GPU",
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="score nothing: merge these runs' CSVs (e.g. configurations run in separate "
+        "processes with their own --out-dir) into this one and rewrite the table and plot",
+    )
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument(
         "--quick",
@@ -116,11 +132,36 @@ def merge(old: list[Row], new: list[Row]) -> list[Row]:
     return [r for r in old if key(r) not in fresh] + new
 
 
+def write_report(rows: list[Row], name: str, args: argparse.Namespace, provenance: str) -> None:
+    """The markdown table and the plot of every row with this run's model and seq_len."""
+    text = "all" if len(args.texts) > 1 else args.texts[0]
+    stem = args.out_dir / f"perplexity-{name}-{args.seq_len}"
+    same_len = [r for r in rows if r.model == name and r.seq_len == args.seq_len]
+    table = markdown_table(same_len, text)
+    stem.with_suffix(".md").write_text(
+        f"Perplexity of {name} on {text} ({args.seq_len}-token windows), vLLM + vllm-tova:\n\n"
+        f"- command: `python -m benchmarks.perplexity {' '.join(sys.argv[1:])}`\n"
+        f"- {provenance}; vLLM {vllm.__version__}; {datetime.date.today()}\n\n{table}"
+    )
+    plot(same_len, text, f"{name}, {text}, {args.seq_len}-token windows", stem.with_suffix(".png"))
+    print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # skips a ~15 s ISA probe per start
     args = parse_args(argv)
     model = args.model or str(assets.smollm2_path())
     name = Path(model).name
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = args.out_dir / f"perplexity-{name}.csv"
+    rows = read_rows(csv_path)
+    if args.merge:
+        for other in args.merge:
+            rows = merge(rows, [r for r in read_rows(other) if r.model == name])
+        write_csv(rows, csv_path)
+        # Rows carry no device: each merged run's own log or table says where it ran.
+        write_report(rows, name, args, "merged from " + ", ".join(map(str, args.merge)))
+        return 0
     windows = load_windows(model, args.texts, args.seq_len, args.windows)
     if not windows:
         sys.exit(f"no text is {args.seq_len} tokens long")
@@ -138,14 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.reference_threads)
         reference = TovaReference(model)
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = args.out_dir / f"perplexity-{name}.csv"
-    rows = read_rows(csv_path)
-    run_rows: list[Row] = []
     disagreements = []
     for policy, budget in configs:
         key = dict(model=name, seq_len=args.seq_len, policy=policy, budget=budget)
-        scored, seconds = score_vllm(model, policy, budget, windows)
+        scored, seconds = score_vllm(model, policy, budget, windows, args.gpu_memory_utilization)
         new = aggregate(scored, engine="vllm", **key)
         print(
             f"{policy} K={budget}: ppl {perplexity(scored):.3f} over {len(windows)} windows "
@@ -164,23 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  reference {label}: {theirs:.4f} vs vLLM {ours:.4f} ({gap:.3%}), {took:.0f} s")
             if gap > AGREEMENT:
                 disagreements.append(f"{policy} K={budget} {label}: {gap:.3%}")
-        run_rows += new
         rows = merge(rows, new)
         write_csv(rows, csv_path)  # after every configuration: partial grids survive
 
     torch.set_num_threads(threads)
-    text = "all" if len(args.texts) > 1 else args.texts[0]
-    stem = args.out_dir / f"perplexity-{name}-{args.seq_len}"
-    same_len = [r for r in rows if r.model == name and r.seq_len == args.seq_len]
-    table = markdown_table(same_len, text)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
-    stem.with_suffix(".md").write_text(
-        f"Perplexity of {name} on {text} ({args.seq_len}-token windows), vLLM + vllm-tova:\n\n"
-        f"- command: `python -m benchmarks.perplexity {' '.join(sys.argv[1:])}`\n"
-        f"- device: {device}; vLLM {vllm.__version__}; {datetime.date.today()}\n\n{table}"
-    )
-    plot(same_len, text, f"{name}, {text}, {args.seq_len}-token windows", stem.with_suffix(".png"))
-    print(table)
+    write_report(rows, name, args, f"device: {device}")
     if disagreements:
         print("reference disagrees beyond 0.5%: " + "; ".join(disagreements), file=sys.stderr)
         return 1

@@ -55,9 +55,18 @@ def make_windows(text: str, ids: list[int], seq_len: int, count: int) -> list[Wi
 
 
 def vllm_engine_kwargs(
-    model: str, policy: str, budget: int | None, seq_len: int, num_windows: int
+    model: str,
+    policy: str,
+    budget: int | None,
+    seq_len: int,
+    num_windows: int,
+    gpu_memory_utilization: float | None = None,
 ) -> dict:
-    """Engine settings: fp32, all windows in one batch, a KV pool sized for them."""
+    """Engine settings: fp32, all windows in one batch, a KV pool sized for them.
+
+    The pool is sized in bytes, so ``gpu_memory_utilization`` only sets how much free GPU
+    memory vLLM demands at start; lowering it lets several configurations share one GPU.
+    """
     per_block = kv_block_bytes(model, "float32", BLOCK_SIZE)
     if policy == FULL:
         blocks, extra = -(-(seq_len + 1) // BLOCK_SIZE), {}
@@ -77,15 +86,20 @@ def vllm_engine_kwargs(
         max_num_batched_tokens=batched,
         max_num_seqs=max(num_windows, 1),
         **extra,
+        **({} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}),
     )
 
 
 def score_vllm(
-    model: str, policy: str, budget: int | None, windows: list[Window]
+    model: str,
+    policy: str,
+    budget: int | None,
+    windows: list[Window],
+    gpu_memory_utilization: float | None = None,
 ) -> tuple[list[Scored], float]:
     """All windows of one (policy, budget) in one engine run; returns scores and seconds."""
     seq_len = max(len(w.ids) for w in windows)
-    kwargs = vllm_engine_kwargs(model, policy, budget, seq_len, len(windows))
+    kwargs = vllm_engine_kwargs(model, policy, budget, seq_len, len(windows), gpu_memory_utilization)
     params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
     with open_llm(model, **kwargs) as llm:
         start = time.perf_counter()
