@@ -102,3 +102,37 @@ def test_warns_when_batches_exceed_the_cuda_graph_capture_size() -> None:
     assert uncaptured_batch_warning(256, 512, graphs_on=True) is None
     assert uncaptured_batch_warning(1024, 512, graphs_on=False) is None
     assert uncaptured_batch_warning(1024, 0, graphs_on=True) is None
+
+
+def test_raises_the_cuda_graph_capture_size_to_max_num_seqs_unless_chosen() -> None:
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationConfig, CUDAGraphMode
+    from vllm.engine.arg_utils import EngineArgs
+
+    from vllm_tova.patches.engine_args import (
+        _raise_capture_size,
+        _user_chose_capture_sizes,
+        raised_capture_size,
+    )
+
+    assert raised_capture_size(1024, 512, graphs_on=True) == 1024
+    assert raised_capture_size(256, 512, graphs_on=True) is None
+    assert raised_capture_size(1024, 512, graphs_on=False) is None
+
+    def built(max_num_seqs: int, capture: int, mode=CUDAGraphMode.FULL_AND_PIECEWISE) -> SimpleNamespace:
+        compilation = SimpleNamespace(cudagraph_mode=mode, max_cudagraph_capture_size=capture)
+        scheduler = SimpleNamespace(max_num_seqs=max_num_seqs, max_num_batched_tokens=8192)
+        return SimpleNamespace(compilation_config=compilation, scheduler_config=scheduler)
+
+    args = EngineArgs(model="m")
+    assert not _user_chose_capture_sizes(args)
+    original = args.compilation_config
+    assert _raise_capture_size(args, built(1024, 512))
+    assert args.compilation_config.max_cudagraph_capture_size == 1024
+    assert original.max_cudagraph_capture_size is None  # the caller's object is not modified
+    assert _user_chose_capture_sizes(args)  # the second pass keeps it
+    assert not _raise_capture_size(EngineArgs(model="m"), built(1024, 512, CUDAGraphMode.NONE))
+    assert not _raise_capture_size(EngineArgs(model="m"), built(256, 512))
+    chosen = EngineArgs(model="m", compilation_config=CompilationConfig(max_cudagraph_capture_size=512))
+    assert _user_chose_capture_sizes(chosen)
