@@ -6,10 +6,10 @@ A decode step per layer is three launches and no host synchronisation:
    retained slots (read through the block table) plus the new token (read from the
    activations, never staged in the cache). Each split keeps an online softmax and also
    stores the raw logits of every query head for every slot it visits.
-2. ``_decode_score`` (grid rows x column tiles): merges the splits into each head's
-   log-sum-exp (tile 0 also writes the output), turns the stored logits into softmax weights
-   averaged over all query heads (the TOVA score) and records each tile's minimum. Tiling
-   the columns keeps small batches from serialising on one program per row.
+2. ``_decode_score`` (grid rows x (column tiles + head groups)): merges the splits into each
+   head's log-sum-exp, turns the stored logits into softmax weights averaged over all query
+   heads (the TOVA score) and records each tile's minimum; the head-group programs write the
+   output. Tiling keeps small batches from serialising on one program per row.
 3. ``_decode_evict`` (grid rows): the argmin over the tiles; writes the new token's K/V into
    the freed slot (or appends it while fewer than K are cached).
 
@@ -153,6 +153,20 @@ def _decode_partial(
 
 
 @triton.jit
+def _merged_stats(part_max, part_sum, i, h, h_ok, sp, num_splits, stride_mr, stride_mh):
+    """Per head: the largest split maximum and the softmax sum rescaled to it."""
+    stats = h_ok[:, None] & (sp < num_splits)[None, :]
+    m_s = tl.load(
+        part_max + i * stride_mr + h[:, None] * stride_mh + sp[None, :], mask=stats, other=float("-inf")
+    )
+    l_s = tl.load(part_sum + i * stride_mr + h[:, None] * stride_mh + sp[None, :], mask=stats, other=0.0)
+    big_m = tl.where(h_ok, tl.max(m_s, 1), 0.0)
+    w = tl.where(m_s > float("-inf"), tl.exp2(m_s - big_m[:, None]), 0.0)
+    total = tl.where(h_ok, tl.sum(l_s * w, 1), 1.0)
+    return big_m, total
+
+
+@triton.jit
 def _decode_score(
     output,  # (tokens, H, D)
     seq_lens,
@@ -167,6 +181,7 @@ def _decode_score(
     columns,  # (num_rows, budget + 1) float32 out, if STORE_COLUMNS: every column's score
     budget,
     num_splits,
+    num_tiles,
     stride_ot, stride_oh,
     stride_lr, stride_lh,
     stride_pr, stride_ph, stride_ps,
@@ -176,54 +191,53 @@ def _decode_score(
     NUM_HEADS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    BLOCK_HO: tl.constexpr,
     HEAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
     STORE_COLUMNS: tl.constexpr,
 ):
-    """Grid (rows, column tiles): each program merges the splits' softmax statistics (tile 0
-    also writes the output), then scores its columns and records their minimum, or, under
-    tensor parallelism (STORE_COLUMNS), stores every column's rank-local score to be summed
-    across ranks before ``_column_min`` takes the minimum."""
+    """Grid (rows, column tiles + head groups). Every program merges the splits' softmax
+    statistics of its heads. Programs below ``num_tiles`` then score their columns and record
+    their minimum, or, under tensor parallelism (STORE_COLUMNS), store every column's
+    rank-local score to be summed across ranks before ``_column_min`` takes the minimum. The
+    rest each merge the output of BLOCK_HO heads (split over programs, so a small batch with
+    many splits does not wait on one program)."""
     i = tl.program_id(0)
     tile = tl.program_id(1)
     row = tl.load(rows + i)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
     c0 = tile * BLOCK_C
-    h = tl.arange(0, BLOCK_H)
-    h_ok = h < NUM_HEADS
-    d = tl.arange(0, HEAD)
-    out_at = output + tl.load(tokens + i).to(tl.int64) * stride_ot + h[:, None] * stride_oh + d[None, :]
     padding = retained < 0  # seq_len 0: a padding row of a captured batch, nothing to attend
-    if padding & (tile == 0):
-        # Zeros rather than stale memory: later layers still compute on padded tokens.
-        zeros = tl.zeros([BLOCK_H, HEAD], tl.float32).to(output.dtype.element_ty)
-        tl.store(out_at, zeros, mask=h_ok[:, None])
-    if padding | (c0 > retained):
-        return
+    d = tl.arange(0, HEAD)
     sp = tl.arange(0, BLOCK_S)
-    stats = h_ok[:, None] & (sp < num_splits)[None, :]
-    m_s = tl.load(
-        part_max + i * stride_mr + h[:, None] * stride_mh + sp[None, :], mask=stats, other=float("-inf")
-    )
-    l_s = tl.load(part_sum + i * stride_mr + h[:, None] * stride_mh + sp[None, :], mask=stats, other=0.0)
-    big_m = tl.max(m_s, 1)
-    big_m = tl.where(h_ok, big_m, 0.0)
-    w = tl.where(m_s > float("-inf"), tl.exp2(m_s - big_m[:, None]), 0.0)
-    total = tl.where(h_ok, tl.sum(l_s * w, 1), 1.0)
-    lse = big_m + tl.log2(total)
-
-    if tile == 0:
-        out = tl.zeros([BLOCK_H, HEAD], tl.float32)
+    if tile >= num_tiles:
+        h = (tile - num_tiles) * BLOCK_HO + tl.arange(0, BLOCK_HO)
+        h_ok = h < NUM_HEADS
+        out_at = output + tl.load(tokens + i).to(tl.int64) * stride_ot + h[:, None] * stride_oh + d[None, :]
+        if padding:
+            # Zeros rather than stale memory: later layers still compute on padded tokens.
+            zeros = tl.zeros([BLOCK_HO, HEAD], tl.float32).to(output.dtype.element_ty)
+            tl.store(out_at, zeros, mask=h_ok[:, None])
+            return
+        big_m, total = _merged_stats(part_max, part_sum, i, h, h_ok, sp, num_splits, stride_mr, stride_mh)
+        out = tl.zeros([BLOCK_HO, HEAD], tl.float32)
         for s in range(0, num_splits):
             m_one = tl.load(part_max + i * stride_mr + h * stride_mh + s, mask=h_ok, other=float("-inf"))
-            scale = tl.where(m_one > float("-inf"), tl.exp2(m_one - big_m), 0.0)
+            weight = tl.where(m_one > float("-inf"), tl.exp2(m_one - big_m), 0.0)
             o_s = tl.load(
                 part_out + i * stride_pr + h[:, None] * stride_ph + s * stride_ps + d[None, :],
                 mask=h_ok[:, None],
                 other=0.0,
             )
-            out += o_s * scale[:, None]
+            out += o_s * weight[:, None]
         tl.store(out_at, (out / total[:, None]).to(output.dtype.element_ty), mask=h_ok[:, None])
+        return
+    if padding | (c0 > retained):
+        return
+    h = tl.arange(0, BLOCK_H)
+    h_ok = h < NUM_HEADS
+    big_m, total = _merged_stats(part_max, part_sum, i, h, h_ok, sp, num_splits, stride_mr, stride_mh)
+    lse = big_m + tl.log2(total)
 
     # TOVA score of each entry (cached slots, then the new token at column `retained`): its
     # softmax weight averaged over all query heads.
@@ -501,16 +515,19 @@ def tova_decode(
         num_warps=4,
     )
     tensor_parallel = combine is not None
-    _decode_score[(num_rows, workspace.tiles)](
+    heads_per_merge = 4
+    merges = math.ceil(num_heads / heads_per_merge)
+    _decode_score[(num_rows, workspace.tiles + merges)](
         output, seq_lens, rows, tokens, logits, part_out, part_max, part_sum, tile_best, tile_index,
-        columns, budget, num_splits,
+        columns, budget, num_splits, workspace.tiles,
         output.stride(0), output.stride(1),
         logits.stride(0), logits.stride(1),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_max.stride(0), part_max.stride(1),
         tile_best.stride(0),
         columns.stride(0),
-        NUM_HEADS=num_heads, BLOCK_H=_pow2(num_heads), BLOCK_S=_pow2(num_splits), HEAD=head,
+        NUM_HEADS=num_heads, BLOCK_H=_pow2(num_heads), BLOCK_S=_pow2(num_splits),
+        BLOCK_HO=heads_per_merge, HEAD=head,
         BLOCK_C=workspace.block_c, STORE_COLUMNS=tensor_parallel,
         num_warps=4,
     )
