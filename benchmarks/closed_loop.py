@@ -7,8 +7,9 @@ expensive part on a GPU (about a minute each), so this is what makes a sweep aff
 Two windows are measured per point:
 * the whole run, from the first submission to the last token (or to the cut, below);
 * the steady window, from the end of the ramp (the first engine step after which every
-  request of the first wave has emitted a token, or every running request emitted one and
-  none more could be admitted: the first wave's prompts are all in) to the same end.
+  request of the first wave has emitted a token, or the ``SETTLED_STEPS``-th step in a row on
+  which every running request emitted one and none more was admitted: the pool holds no
+  more) to the same end.
 
 A point is cut ``time_limit`` seconds after its ramp (or ``max_seconds`` after its start),
 in-flight requests aborted and the result marked truncated: on a GPU a 3,584-token
@@ -37,6 +38,10 @@ WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 PREEMPTIONS = "vllm:num_preemptions"
 _ids = itertools.count()
+#: Steps in a row on which every running request decoded and none was admitted before the ramp
+#: counts as over without the whole first wave in (the pool cannot admit more). One such step
+#: was not enough: under Ray at TP=2 it ended TOVA's ramp with 138 of 175 requests running.
+SETTLED_STEPS = 16
 
 
 @dataclass
@@ -140,6 +145,7 @@ def run_closed_loop(
     for _ in range(min(batch_size, num_requests)):
         submit()
     ramp_end: float | None = None
+    settled_steps = 0
     last_sample = -math.inf
     own_output = False  # until then, gauges may still describe the previous point's last step
     while engine.has_unfinished_requests():
@@ -177,7 +183,9 @@ def run_closed_loop(
             # nothing more could be admitted: a pool too small for the batch).
             all_decoding = running and emitted >= running
             first_wave_in = len(started) >= min(batch_size, num_requests)
-            if ramp_end is None and (first_wave_in or (all_decoding and (not m[WAITING] or not new_starts))):
+            settled = all_decoding and (not m[WAITING] or not new_starts)
+            settled_steps = settled_steps + 1 if settled else 0
+            if ramp_end is None and (first_wave_in or settled_steps >= SETTLED_STEPS):
                 ramp_end = now
         cut = now - start >= max_seconds or (ramp_end is not None and now - ramp_end >= time_limit)
         if cut and in_flight:
