@@ -102,3 +102,85 @@ def test_device_slug_is_shared_by_every_result_file() -> None:
     assert device_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"  # kernel/gpu-correctness files
     assert device_slug("cpu") == "cpu"
     assert device_slug("NVIDIA A100-SXM4-80GB") == "a100-sxm4-80gb"
+
+
+class _Gauge:
+    def __init__(self, name: str, value: float) -> None:
+        self.name, self.value = name, value
+
+
+class _ScriptedEngine:
+    """An engine stand-in whose scheduler admits ``admits[step]`` waiting requests per step
+    (the last entry repeats), up to ``capacity`` running; every running request emits one
+    token per step. Enough to drive ``run_closed_loop``'s ramp detection without vLLM."""
+
+    def __init__(self, admits: list[int], capacity: int) -> None:
+        self.admits, self.capacity, self.steps = admits, capacity, 0
+        self.waiting: list[str] = []
+        self.running: dict[str, int] = {}
+
+    # LLMEngine surface
+    def add_request(self, rid, prompt, params) -> None:
+        self.waiting.append(rid)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort_request(self, rids) -> None:
+        self.waiting = [r for r in self.waiting if r not in rids]
+        for r in rids:
+            self.running.pop(r, None)
+
+    def step(self) -> list[Namespace]:
+        admit = self.admits[min(self.steps, len(self.admits) - 1)]
+        admit = min(admit, self.capacity - len(self.running), len(self.waiting))
+        for rid in self.waiting[:admit]:
+            self.running[rid] = 0
+        self.waiting = self.waiting[admit:]
+        self.steps += 1
+        return [
+            Namespace(request_id=rid, outputs=[Namespace(token_ids=[0])], finished=False)
+            for rid in self.running
+        ]
+
+
+class _ScriptedLLM:
+    def __init__(self, engine: _ScriptedEngine) -> None:
+        self.llm_engine = engine
+
+    def get_metrics(self) -> list[_Gauge]:
+        e = self.llm_engine
+        return [
+            _Gauge("vllm:num_requests_running", len(e.running)),
+            _Gauge("vllm:num_requests_waiting", len(e.waiting)),
+            _Gauge("vllm:kv_cache_usage_perc", len(e.running) / 100),
+            _Gauge("vllm:num_preemptions", 0),
+        ]
+
+
+def _ramp_steps(admits: list[int], capacity: int, batch: int = 8) -> tuple[float, float]:
+    """Engine steps until the ramp ended (the clock ticks once per step), and the mean
+    running requests after it."""
+    from benchmarks.closed_loop import run_closed_loop
+
+    engine = _ScriptedEngine(admits, capacity)
+    times = iter(range(10**6))
+    point = run_closed_loop(
+        _ScriptedLLM(engine), lambda i: [1, 2, 3], 10**6, batch, batch, pool_blocks=101,
+        block_size=1, time_limit=50, sample_interval=0, clock=lambda: next(times),
+    )  # fmt: skip
+    return point.ramp_seconds, point.mean_running
+
+
+def test_ramp_waits_out_a_step_that_admits_nobody() -> None:
+    # Two requests in, one step admitting nobody, then the rest: the ramp is the first wave.
+    steps, running = _ramp_steps([2, 0, 6], capacity=8)
+    assert (steps, running) == (3, 8)
+
+
+def test_ramp_ends_when_the_pool_holds_no_more() -> None:
+    from benchmarks.closed_loop import SETTLED_STEPS
+
+    steps, running = _ramp_steps([3], capacity=3)
+    assert running == 3
+    assert steps <= SETTLED_STEPS + 2
