@@ -40,7 +40,7 @@ PREEMPTIONS = "vllm:num_preemptions"
 _ids = itertools.count()
 #: Steps in a row on which every running request decoded and none was admitted before the ramp
 #: counts as over without the whole first wave in (the pool cannot admit more). One step was
-#: too few: under Ray at TP=2, TOVA's ramps ended 0.05 s in, with 138 of 175 requests running.
+#: too few: under Ray at TP=2, TOVA's ramps ended 0.05 s in (138 of 175 running on average after).
 SETTLED_STEPS = 16
 
 
