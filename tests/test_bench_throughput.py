@@ -117,7 +117,7 @@ class _ScriptedEngine:
     def __init__(self, admits: list[int], capacity: int) -> None:
         self.admits, self.capacity, self.steps = admits, capacity, 0
         self.waiting: list[str] = []
-        self.running: dict[str, int] = {}
+        self.running: list[str] = []
 
     # LLMEngine surface
     def add_request(self, rid, prompt, params) -> None:
@@ -128,14 +128,12 @@ class _ScriptedEngine:
 
     def abort_request(self, rids) -> None:
         self.waiting = [r for r in self.waiting if r not in rids]
-        for r in rids:
-            self.running.pop(r, None)
+        self.running = [r for r in self.running if r not in rids]
 
     def step(self) -> list[Namespace]:
         admit = self.admits[min(self.steps, len(self.admits) - 1)]
         admit = min(admit, self.capacity - len(self.running), len(self.waiting))
-        for rid in self.waiting[:admit]:
-            self.running[rid] = 0
+        self.running += self.waiting[:admit]
         self.waiting = self.waiting[admit:]
         self.steps += 1
         return [

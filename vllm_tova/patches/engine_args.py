@@ -156,7 +156,7 @@ def raised_capture_size(max_num_seqs: int, max_capture_size: int | None, graphs_
     vLLM captures decode graphs up to min(2 x max_num_seqs, 512): stock vLLM rarely fits more
     sequences than that, but TOVA exists to run larger batches, and an uncaptured batch
     launches every kernel from Python. Measured side by side on two H200s (Llama-3-8B shape,
-    K=512, batch 696): 17,513 generated tok/s with graphs up to 512, 21,311 up to 1,024.
+    K=512, batch 696): 17,513 generated tok/s with graphs up to 512, 21,310 up to 1,024.
     """
     if not graphs_on or not max_capture_size or max_num_seqs <= max_capture_size:
         return None
@@ -164,7 +164,8 @@ def raised_capture_size(max_num_seqs: int, max_capture_size: int | None, graphs_
 
 
 def _raise_capture_size(args: EngineArgs, config: VllmConfig) -> bool:
-    """Set ``args``' capture size to ``max_num_seqs`` if vLLM's default stops short of it."""
+    """Set ``args``' capture size to the largest decode batch (``max_num_seqs``, at most
+    ``max_num_batched_tokens``) if vLLM's default stops short of it."""
     compilation = config.compilation_config
     size = raised_capture_size(
         _largest_decode_batch(config), compilation.max_cudagraph_capture_size, _graphs_on(config)
@@ -172,7 +173,7 @@ def _raise_capture_size(args: EngineArgs, config: VllmConfig) -> bool:
     if size is None:
         return False
     logger.info(
-        "vllm-tova: capturing CUDA graphs for decode batches up to max_num_seqs=%d (vLLM's "
+        "vllm-tova: capturing CUDA graphs for decode batches up to %d sequences (vLLM's "
         "default stops at %d); pass --compilation-config '{\"max_cudagraph_capture_size\": N}' "
         "to choose otherwise.",
         size,
