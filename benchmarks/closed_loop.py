@@ -42,6 +42,8 @@ _ids = itertools.count()
 #: counts as over without the whole first wave in (the pool cannot admit more). One step was
 #: too few: under Ray at TP=2, TOVA's ramps ended 0.05 s in (138 of 175 running on average after).
 SETTLED_STEPS = 16
+#: Columns of ``PointResult.ramp_trace``: one row per engine step until the ramp ends.
+RAMP_TRACE_COLUMNS = ("seconds", "emitted", "new_starts", "running", "waiting")
 
 
 @dataclass
@@ -65,6 +67,8 @@ class PointResult:
     peak_kv_slots_per_seq: float = 0.0  # blocks in use x block size / running, at its max
     preemptions: int = 0
     samples: list[tuple[float, int]] = field(default_factory=list, repr=False)
+    # What the ramp test saw at each step (RAMP_TRACE_COLUMNS): why a ramp ended where it did.
+    ramp_trace: list[tuple[float, int, int, int, int]] = field(default_factory=list, repr=False)
 
     @property
     def gen_tok_s(self) -> float:
@@ -176,6 +180,8 @@ def run_closed_loop(
             m = read_metrics(llm, (RUNNING, WAITING, KV_USAGE))
             running = int(m[RUNNING])
             res.samples.append((now - start, running))
+            if ramp_end is None:
+                res.ramp_trace.append((now - start, emitted, new_starts, running, int(m[WAITING])))
             used = blocks_in_use(m[KV_USAGE], pool_blocks)
             res.peak_running = max(res.peak_running, running)
             res.peak_kv_blocks = max(res.peak_kv_blocks, used)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.closed_loop import run_closed_loop
+from benchmarks.closed_loop import RAMP_TRACE_COLUMNS, PointResult, run_closed_loop
 from benchmarks.presets import ModelChoice, resolve_model
 from benchmarks.workloads import WORKLOADS, Workload, random_prompts, scaled
 
@@ -145,6 +145,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="print the points and exit (no engine)")
+    p.add_argument(
+        "--ramp-trace",
+        action="store_true",
+        help="also write <stem>-ramps.json: per point, what the ramp test read at every step "
+        "until the ramp ended (to see why a steady window starts where it does)",
+    )
     p.add_argument(
         "--append",
         action="store_true",
@@ -279,6 +285,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     csv_path = stem.with_suffix(".csv")
     rows: list[dict] = report.read_csv(csv_path) if args.append and csv_path.exists() else []
+    ramps: list[dict] = []
     pool_bytes = pool_size(args, rows, model.name, block_bytes)
     print(
         f"plan: {len(plan)} engines ({', '.join(s.label for s, _ in plan)}), workloads "
@@ -339,6 +346,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 )
                 bar.update()
                 report.write_csv(rows, csv_path)  # partial results survive a kill
+                if args.ramp_trace:
+                    ramps.append(_ramp_record(system, workload, res))
+                    stem.with_name(stem.name + "-ramps.json").write_text(json.dumps(ramps, indent=1))
     bar.close()
     gpus = f"{tp} x {device}" if tp > 1 else device
     given = sys.argv[1:] if argv is None else argv
@@ -362,6 +372,17 @@ def _row(args, device, version, model, system, workload, n, pool_blocks, res) ->
         "kv_pool_blocks": pool_blocks, "block_size": args.block_size, "prefill_chunk": args.prefill_chunk,
         "model": model.name, "tensor_parallel_size": args.tensor_parallel_size,
     }  # fmt: skip
+
+
+def _ramp_record(system: System, workload: Workload, res: PointResult) -> dict:
+    return {
+        "system": system.label,
+        "workload": workload.name,
+        "batch_size": res.batch_size,
+        "ramp_s": None if math.isnan(res.ramp_seconds) else round(res.ramp_seconds, 4),
+        "columns": list(RAMP_TRACE_COLUMNS),
+        "steps": [[round(t, 4), *rest] for t, *rest in res.ramp_trace],
+    }
 
 
 def write_outputs(rows: list[dict], stem: Path, budget: int, title: str, command: str) -> None:

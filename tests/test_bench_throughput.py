@@ -7,6 +7,7 @@ stock, TOVA keeps more sequences running and generates faster per second.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from argparse import Namespace
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_throughput_smoke(tmp_path: Path) -> None:
             "--kv-pool-tokens", "2048",  # 64 blocks of 32: 7 full stock sequences
             "--batch-multipliers", "1,4", "--waves", "1", "--max-num-seqs", "32",
             "--max-num-batched-tokens", "256",  # small warm-up shapes: a faster engine start
-            "--out-dir", str(tmp_path),
+            "--out-dir", str(tmp_path), "--ramp-trace",
         ]
     )  # fmt: skip
     stem = tmp_path / "throughput-cpu"
@@ -62,6 +63,14 @@ def test_throughput_smoke(tmp_path: Path) -> None:
     assert all(float(r["peak_kv_slots_per_seq"]) <= 64 + 1 + 32 for r in tova)
     assert len({r["kv_pool_blocks"] for r in table}) == 1
     assert "Targets" in stem.with_suffix(".md").read_text()
+    ramps = json.loads((tmp_path / "throughput-cpu-ramps.json").read_text())
+    assert [(r["system"], r["batch_size"]) for r in ramps] == [
+        ("stock", 7), ("tova K=64", 7), ("tova K=64", 28),
+    ]  # fmt: skip
+    for ramp in ramps:
+        # The ramp ended at the last step traced, with no more than the first wave started.
+        assert ramp["ramp_s"] == ramp["steps"][-1][0]
+        assert 0 < sum(step[2] for step in ramp["steps"]) <= ramp["batch_size"]
 
 
 def test_report_picks_each_systems_best_batch(tmp_path: Path) -> None:
@@ -156,29 +165,28 @@ class _ScriptedLLM:
         ]
 
 
-def _ramp_steps(admits: list[int], capacity: int, batch: int = 8) -> tuple[float, float]:
-    """Engine steps until the ramp ended (the clock ticks once per step), and the mean
-    running requests after it."""
+def _scripted_point(admits: list[int], capacity: int, batch: int = 8):
+    """A closed-loop point on the scripted engine; the clock ticks once per step."""
     from benchmarks.closed_loop import run_closed_loop
 
-    engine = _ScriptedEngine(admits, capacity)
     times = iter(range(10**6))
-    point = run_closed_loop(
-        _ScriptedLLM(engine), lambda i: [1, 2, 3], 10**6, batch, batch, pool_blocks=101,
-        block_size=1, time_limit=50, sample_interval=0, clock=lambda: next(times),
+    return run_closed_loop(
+        _ScriptedLLM(_ScriptedEngine(admits, capacity)), lambda i: [1, 2, 3], 10**6, batch, batch,
+        pool_blocks=101, block_size=1, time_limit=50, sample_interval=0, clock=lambda: next(times),
     )  # fmt: skip
-    return point.ramp_seconds, point.mean_running
 
 
 def test_ramp_waits_out_a_step_that_admits_nobody() -> None:
     # Two requests in, one step admitting nobody, then the rest: the ramp is the first wave.
-    steps, running = _ramp_steps([2, 0, 6], capacity=8)
-    assert (steps, running) == (3, 8)
+    point = _scripted_point([2, 0, 6], capacity=8)
+    assert (point.ramp_seconds, point.mean_running) == (3, 8)
+    # What the ramp test read at each step, up to the one that ended the ramp.
+    assert point.ramp_trace == [(1, 2, 2, 2, 6), (2, 2, 0, 2, 6), (3, 8, 6, 8, 0)]
 
 
 def test_ramp_ends_when_the_pool_holds_no_more() -> None:
     from benchmarks.closed_loop import SETTLED_STEPS
 
-    steps, running = _ramp_steps([3], capacity=3)
-    assert running == 3
-    assert steps <= SETTLED_STEPS + 2
+    point = _scripted_point([3], capacity=3)
+    assert point.mean_running == 3
+    assert point.ramp_seconds <= SETTLED_STEPS + 2
