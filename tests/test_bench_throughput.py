@@ -121,25 +121,32 @@ class _Gauge:
 class _ScriptedEngine:
     """An engine stand-in whose scheduler admits ``admits[step]`` waiting requests per step
     (the last entry repeats), up to ``capacity`` running; every running request emits one
-    token per step. Enough to drive ``run_closed_loop``'s ramp detection without vLLM."""
+    token per step. With ``arrivals``, only that many submitted requests per step reach the
+    scheduler (and its waiting gauge), as when the engine core steps while the client still
+    submits. Enough to drive ``run_closed_loop``'s ramp detection without vLLM."""
 
-    def __init__(self, admits: list[int], capacity: int) -> None:
-        self.admits, self.capacity, self.steps = admits, capacity, 0
+    def __init__(self, admits: list[int], capacity: int, arrivals: int | None = None) -> None:
+        self.admits, self.capacity, self.arrivals, self.steps = admits, capacity, arrivals, 0
+        self.in_transit: list[str] = []
         self.waiting: list[str] = []
         self.running: list[str] = []
 
     # LLMEngine surface
     def add_request(self, rid, prompt, params) -> None:
-        self.waiting.append(rid)
+        (self.waiting if self.arrivals is None else self.in_transit).append(rid)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.in_transit or self.waiting or self.running)
 
     def abort_request(self, rids) -> None:
+        self.in_transit = [r for r in self.in_transit if r not in rids]
         self.waiting = [r for r in self.waiting if r not in rids]
         self.running = [r for r in self.running if r not in rids]
 
     def step(self) -> list[Namespace]:
+        if self.arrivals is not None:
+            self.waiting += self.in_transit[: self.arrivals]
+            self.in_transit = self.in_transit[self.arrivals :]
         admit = self.admits[min(self.steps, len(self.admits) - 1)]
         admit = min(admit, self.capacity - len(self.running), len(self.waiting))
         self.running += self.waiting[:admit]
@@ -165,13 +172,14 @@ class _ScriptedLLM:
         ]
 
 
-def _scripted_point(admits: list[int], capacity: int, batch: int = 8):
+def _scripted_point(admits: list[int], capacity: int, batch: int = 8, arrivals: int | None = None):
     """A closed-loop point on the scripted engine; the clock ticks once per step."""
     from benchmarks.closed_loop import run_closed_loop
 
     times = iter(range(10**6))
+    engine = _ScriptedEngine(admits, capacity, arrivals)
     return run_closed_loop(
-        _ScriptedLLM(_ScriptedEngine(admits, capacity)), lambda i: [1, 2, 3], 10**6, batch, batch,
+        _ScriptedLLM(engine), lambda i: [1, 2, 3], 10**6, batch, batch,
         pool_blocks=101, block_size=1, time_limit=50, sample_interval=0, clock=lambda: next(times),
     )  # fmt: skip
 
@@ -182,6 +190,14 @@ def test_ramp_waits_out_a_step_that_admits_nobody() -> None:
     assert (point.ramp_seconds, point.mean_running) == (3, 8)
     # What the ramp test read at each step, up to the one that ended the ramp.
     assert point.ramp_trace == [(1, 2, 2, 2, 6), (2, 2, 0, 2, 6), (3, 8, 6, 8, 0)]
+
+
+def test_ramp_waits_for_requests_still_on_their_way_to_the_engine() -> None:
+    # One submission reaches the scheduler per step: nothing is ever waiting, every running
+    # request decodes, yet the first wave is not in until step 40.
+    point = _scripted_point([100], capacity=100, batch=40, arrivals=1)
+    assert all(waiting == 0 for *_, waiting in point.ramp_trace)
+    assert (point.ramp_seconds, point.mean_running) == (40, 40)
 
 
 def test_ramp_ends_when_the_pool_holds_no_more() -> None:
