@@ -190,8 +190,9 @@ def run_closed_loop(
             # (a pool too small for the batch). The waiting gauge cannot tell the second case:
             # it leaves out requests still on their way to the engine core, which steps while
             # the client submits. Under Ray at TP=2 (2026-11-28) a step with every running
-            # request decoding and nothing waiting ended ramps 0.05 s and 0.23 s in, about the
-            # time 175 and 700 submissions take, with 138 of 175 running on average after.
+            # request decoding and nothing waiting ended ramps 0.05 s and 0.23 s in (138 of 175
+            # running on average after); likely, not measured, that such a step came during
+            # the submissions of 175 and 700 requests.
             all_decoding = running and emitted >= running
             first_wave_in = len(started) >= min(batch_size, num_requests)
             settled = all_decoding and not new_starts
