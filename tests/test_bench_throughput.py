@@ -121,9 +121,9 @@ class _Gauge:
 class _ScriptedEngine:
     """An engine stand-in whose scheduler admits ``admits[step]`` waiting requests per step
     (the last entry repeats), up to ``capacity`` running; every running request emits one
-    token per step. With ``arrivals``, only that many submitted requests per step reach the
-    scheduler (and its waiting gauge), as when the engine core steps while the client still
-    submits. Enough to drive ``run_closed_loop``'s ramp detection without vLLM."""
+    token per step. Submitted requests reach the scheduler (and its waiting gauge) at the
+    next step; with ``arrivals``, only that many per step, as when the engine core steps
+    while the client still submits. Enough to drive ``run_closed_loop``'s ramp detection without vLLM."""
 
     def __init__(self, admits: list[int], capacity: int, arrivals: int | None = None) -> None:
         self.admits, self.capacity, self.arrivals, self.steps = admits, capacity, arrivals, 0
@@ -133,7 +133,7 @@ class _ScriptedEngine:
 
     # LLMEngine surface
     def add_request(self, rid, prompt, params) -> None:
-        (self.waiting if self.arrivals is None else self.in_transit).append(rid)
+        self.in_transit.append(rid)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.in_transit or self.waiting or self.running)
@@ -144,9 +144,9 @@ class _ScriptedEngine:
         self.running = [r for r in self.running if r not in rids]
 
     def step(self) -> list[Namespace]:
-        if self.arrivals is not None:
-            self.waiting += self.in_transit[: self.arrivals]
-            self.in_transit = self.in_transit[self.arrivals :]
+        arrived = self.in_transit[: self.arrivals]  # all of them when arrivals is None
+        del self.in_transit[: len(arrived)]
+        self.waiting += arrived
         admit = self.admits[min(self.steps, len(self.admits) - 1)]
         admit = min(admit, self.capacity - len(self.running), len(self.waiting))
         self.running += self.waiting[:admit]
