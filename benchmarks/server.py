@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -46,10 +47,38 @@ def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
         proc.wait()
 
 
+def _raise_exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while a server runs, so its ``finally`` stops the server.
+
+    The server has its own session (so stopping it reaches its workers), which also means a
+    SIGTERM to the client (``timeout``, a job scheduler) does not reach it; Python's default
+    SIGTERM action skips ``finally``, and an orphaned server kept 127 GiB of an H200.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def running_server(command: list[str], log_path: Path, startup_timeout: float = 600.0) -> Iterator[str]:
     """Run ``COMMAND --host 127.0.0.1 --port PORT`` (an OpenAI-compatible vLLM server) and yield
-    its base URL once ``/health`` answers; logs go to ``log_path``; always stopped."""
+    its base URL once ``/health`` answers; logs go to ``log_path``; always stopped, also when
+    this process gets SIGTERM."""
+    with _sigterm_as_exit():
+        yield from _serve(command, log_path, startup_timeout)
+
+
+def _serve(command: list[str], log_path: Path, startup_timeout: float) -> Iterator[str]:
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
