@@ -56,6 +56,7 @@ class ChunkBatch:
 
     query_tokens: torch.Tensor  # (Tq,) flat token indices of every chunk token
     chunk_dst: torch.Tensor  # (Tq,) their positions in the packed K/V
+    chunk_positions: torch.Tensor  # (Tq,) int64 their token positions in the text
     old_slots: torch.Tensor  # (To,) physical slots of retained entries
     old_dst: torch.Tensor  # (To,) their positions in the packed K/V
     cu_q: torch.Tensor  # (R+1,) int32
@@ -199,7 +200,7 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
         chunks = None
         if len(chunk_rows):
             chunks = pack_chunks(
-                block_table, chunk_rows, starts, query_lens, retained, self.block_size, self.device
+                block_table, chunk_rows, starts, query_lens, retained, seen, self.block_size, self.device
             )
         return decode, chunks
 
@@ -210,13 +211,15 @@ def pack_chunks(
     starts: torch.Tensor,
     query_lens: torch.Tensor,
     retained: torch.Tensor,
+    seen: torch.Tensor,
     block_size: int,
     device: torch.device,
 ) -> ChunkBatch:
     """Index arrays for the chunk rows ``rows``; host tensors in, device tensors out.
 
-    block_table lives on the device; everything else (starts, query_lens, retained: one
-    entry per request row) is host-side, so the slots are gathered without a sync.
+    block_table lives on the device; everything else (starts, query_lens, retained, seen:
+    tokens before the chunk, one entry per request row) is host-side, so the slots are
+    gathered without a sync.
     """
     old = retained[rows]
     new = query_lens[rows]
@@ -234,6 +237,7 @@ def pack_chunks(
     within = torch.arange(int(new.sum())) - cu_q[:-1][new_row]
     query_tokens = starts[rows][new_row] + within
     chunk_dst = cu_k[:-1][new_row] + old[new_row] + within
+    chunk_positions = seen[rows][new_row] + within
 
     widest = int(counts.max())
     column = torch.arange(widest)[None]
@@ -248,6 +252,7 @@ def pack_chunks(
     return ChunkBatch(
         query_tokens=dev(query_tokens),
         chunk_dst=dev(chunk_dst),
+        chunk_positions=dev(chunk_positions),
         old_slots=old_blocks.long() * block_size + dev(old_logical % block_size),
         old_dst=dev(old_dst),
         cu_q=dev(cu_q.to(torch.int32)),
@@ -275,13 +280,29 @@ def _flash_attn():
 
 
 class TovaTritonImpl(TovaTorchImpl):
-    """Refuses the same configurations as the torch backend; forward differs. Only TOVA has
-    a decode kernel: other policies are refused at start-up (patches/engine_args.py)."""
+    """Refuses the same configurations as the torch backend; forward differs. The decode
+    kernels serve ``triton_kernels.POLICY_CODES``; other policies are refused at start-up
+    (patches/engine_args.py)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        assert self.policy.name == "tova", f"no CUDA decode kernel for {self.policy.name}"
+        assert self.policy.name in triton_kernels.POLICY_CODES, f"no CUDA kernel for {self.policy.name}"
         self.flash_attn, self.fa_version = _flash_attn()
+
+    def _ensure_state(self, key_cache: torch.Tensor) -> None:
+        """Allocate the per-slot history (window, sink, h2o) before any graph is captured: a
+        buffer allocated under capture would be refilled by every replay."""
+        num_slots = key_cache.shape[0] * key_cache.shape[1]
+        missing = (self.state.track_positions and self.state.positions is None) or (
+            self.state.positions is not None and len(self.state.positions) != num_slots
+        )
+        if missing and key_cache.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"vllm-tova: the {self.policy.name} policy's per-slot history was first needed "
+                "while capturing a CUDA graph (no eager warm-up ran before it); run with "
+                "--enforce-eager or report this."
+            )
+        self.state.ensure(num_slots, key_cache.device)
 
     def forward(
         self,
@@ -298,6 +319,7 @@ class TovaTritonImpl(TovaTorchImpl):
         if attn_metadata is None:  # profiling run
             return output
         key_cache, value_cache = kv_cache.unbind(0)
+        self._ensure_state(key_cache)
         md = attn_metadata
         if md.decode is not None:
             evicted = triton_kernels.tova_decode(
@@ -306,6 +328,10 @@ class TovaTritonImpl(TovaTorchImpl):
                 md.decode.num_splits, md.decode.longest, md.workspace,
                 block_n=TovaTritonMetadataBuilder.block_n,
                 combine=self.head_average.combine if self.head_average.world > 1 else None,
+                policy=self.policy.name,
+                positions=self.state.positions,
+                accumulated=self.state.accumulated,
+                sinks=getattr(self.policy, "sinks", 4),
             )
             eviction_log.record(evicted)
         if md.chunks is not None:
@@ -321,15 +347,21 @@ class TovaTritonImpl(TovaTorchImpl):
         packed_v[c.old_dst] = flat_v[c.old_slots]
         packed_k[c.chunk_dst] = key[c.query_tokens]
         packed_v[c.chunk_dst] = value[c.query_tokens]
-        output[c.query_tokens] = self._chunk_attention(c, query[c.query_tokens], packed_k, packed_v)
+        chunk_query = query[c.query_tokens]
+        output[c.query_tokens] = self._chunk_attention(c, chunk_query, packed_k, packed_v)
 
-        # Scores of every entry by each row's last query; keep the top K.
+        # Scores of every entry by each row's last query (and the policy's history); keep the top K.
         rows, width = c.padded.shape
         q_last = query[c.last_tokens].float().view(rows, self.num_kv_heads, self.group, -1)
         logits = torch.einsum("rkgd,rnkd->rkgn", q_last, packed_k[c.padded].float()) * self.scale
         logits = logits.masked_fill(~c.valid[:, None, None, :], float("-inf"))
         weights = torch.softmax(logits, dim=-1).reshape(rows, self.num_heads, width)
-        scores = self.policy.score(self.head_average(weights)).masked_fill(~c.valid, float("-inf"))
+        positions, accumulated = self._chunk_history(c, chunk_query, packed_k)
+        scores = self.policy.score(
+            self.head_average(weights),
+            None if positions is None else positions[c.padded].masked_fill(~c.valid, -1),
+            None if accumulated is None else accumulated[c.padded].masked_fill(~c.valid, 0),
+        ).masked_fill(~c.valid, float("-inf"))
         kept = min(self.budget, width)
         keep = torch.topk(scores, kept, dim=1, sorted=False).indices.sort(dim=1).values
         eviction_log.record(keep)
@@ -349,12 +381,64 @@ class TovaTritonImpl(TovaTorchImpl):
         block_size = key_cache.shape[1]
         blocks = torch.gather(c.block_table, 1, target // block_size).long()
         write = ~is_old & (keep < c.counts[:, None])
+        if accumulated is not None:
+            # Every retained entry's sum, kept or not: a freed slot gets its new token's below.
+            self.state.accumulated[c.old_slots] = accumulated[c.old_dst]
         triton_kernels.copy_slots(
             packed_k, packed_v, flat_k, flat_v,
             (c.cu_k[:-1, None].long() + keep).flatten(),
             (blocks * block_size + target % block_size).flatten(),
             write.flatten(),
+            source_positions=positions, positions=self.state.positions,
+            source_accumulated=accumulated, accumulated=self.state.accumulated,
         )
+
+    def _chunk_history(
+        self, c: ChunkBatch, chunk_query: torch.Tensor, packed_k: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per packed entry, what the policy reads besides attention: token positions
+        (retained entries from the slot history, chunk tokens from the scheduler) and
+        accumulated attention (the history plus every chunk query's weight on the entry),
+        each None where the policy does not use it."""
+        positions = accumulated = None
+        if self.state.positions is not None:
+            positions = torch.empty(c.packed, dtype=torch.long, device=packed_k.device)
+            positions[c.old_dst] = self.state.positions[c.old_slots]
+            positions[c.chunk_dst] = c.chunk_positions
+        if self.state.accumulated is not None:
+            accumulated = torch.zeros(c.packed, dtype=torch.float32, device=packed_k.device)
+            accumulated[c.old_dst] = self.state.accumulated[c.old_slots]
+            accumulated += self.head_average.combine(self._chunk_weight_sums(c, chunk_query, packed_k))
+        return positions, accumulated
+
+    #: float32 logits per slice of chunk queries in ``_chunk_weight_sums`` (128 MiB), so a
+    #: long chunk over a large budget does not need memory that vLLM's profiling never saw.
+    sums_slice_elements = 1 << 25
+
+    def _chunk_weight_sums(self, c: ChunkBatch, chunk_query: torch.Tensor, packed_k: torch.Tensor):
+        """(packed,) float32: per entry, the sum over its row's chunk queries of their
+        rank-local head-mean softmax weight on it (causal; as the torch backend's h2o).
+        FlashAttention returns no weights, so they are recomputed here in float32, one row
+        and a slice of queries at a time; sizes are host-side, so nothing waits on the GPU."""
+        sums = torch.zeros(c.packed, dtype=torch.float32, device=packed_k.device)
+        q_start = k_start = 0
+        for old, new in c.sizes:
+            n = old + new
+            keys = packed_k[k_start : k_start + n].float()
+            step = max(1, self.sums_slice_elements // (self.num_heads * n))
+            for first in range(0, new, step):
+                last = min(first + step, new)
+                q = chunk_query[q_start + first : q_start + last].float()
+                q = q.view(last - first, self.num_kv_heads, self.group, self.head_size)
+                logits = torch.einsum("qkgd,nkd->qkgn", q, keys) * self.scale
+                visible = torch.arange(n, device=q.device)[None] <= (
+                    torch.arange(first, last, device=q.device)[:, None] + old
+                )
+                logits = logits.masked_fill(~visible[:, None, None, :], float("-inf"))
+                weights = torch.softmax(logits, dim=-1).reshape(last - first, self.num_heads, n)
+                sums[k_start : k_start + n] += weights.mean(dim=1).sum(dim=0)
+            q_start, k_start = q_start + new, k_start + n
+        return sums
 
     def _chunk_attention(self, c: ChunkBatch, q, packed_k, packed_v) -> torch.Tensor:
         """Each chunk query sees the row's retained entries and the chunk causally."""

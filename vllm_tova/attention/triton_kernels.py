@@ -33,6 +33,15 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
+# Policy switches of the decode kernels (tl.constexpr: TOVA's kernels compile without the rest).
+TOVA: tl.constexpr = tl.constexpr(0)
+WINDOW: tl.constexpr = tl.constexpr(1)
+SINK: tl.constexpr = tl.constexpr(2)
+H2O: tl.constexpr = tl.constexpr(3)
+POLICY_CODES = {"tova": 0, "window": 1, "sink": 2, "h2o": 3}
+#: Policies whose decode score reads this step's attention (under TP: summed over ranks).
+ATTENTION_POLICIES = ("tova", "h2o")
+
 
 @triton.jit
 def _decode_partial(
@@ -179,6 +188,9 @@ def _decode_score(
     tile_best,  # (num_rows, tiles) float32 out: lowest score in each column tile
     tile_index,  # (num_rows, tiles) int32 out: its column
     columns,  # (num_rows, budget + 1) float32 out, if STORE_COLUMNS: every column's score
+    block_table,  # (reqs, max_blocks) int32; read by the baseline policies only
+    positions,  # (slots,) int64 per physical slot (window, sink, h2o), else unused
+    accumulated,  # (slots,) float32 per physical slot (h2o), else unused
     budget,
     num_splits,
     num_tiles,
@@ -188,6 +200,7 @@ def _decode_score(
     stride_mr, stride_mh,
     stride_tr,
     stride_cr,
+    stride_bt,
     NUM_HEADS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -195,6 +208,9 @@ def _decode_score(
     HEAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
     STORE_COLUMNS: tl.constexpr,
+    POLICY: tl.constexpr,
+    SINKS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
 ):
     """Grid (rows, column tiles + head groups). Every program merges the splits' softmax
     statistics of its heads. Programs below ``num_tiles`` then score their columns and record
@@ -252,7 +268,49 @@ def _decode_score(
     if STORE_COLUMNS:
         tl.store(columns + i * stride_cr + cols, score, mask=ok)
     else:
+        if POLICY != TOVA:
+            score = _baseline_score(
+                score, cols, ok, retained, row, tl.load(seq_lens + row) - 1, block_table + row * stride_bt,
+                positions, accumulated, columns + i * stride_cr, budget, POLICY, SINKS, BLOCK_SIZE,
+            )
         _store_tile_min(tile_best, tile_index, i * stride_tr + tile, tl.where(ok, score, float("inf")), c0)
+
+
+@triton.jit
+def _baseline_score(
+    attention,  # (BLOCK_C,) float32: this step's head-averaged weight on each column
+    cols,
+    ok,
+    retained,
+    row,
+    newest,  # the new token's position (seq_len - 1), at column ``retained``
+    row_blocks,  # the row's block-table row
+    positions,
+    accumulated,
+    row_columns,  # columns[i]: h2o stores the new token's accumulated score at ``retained``
+    budget,
+    POLICY: tl.constexpr,
+    SINKS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """The window, sink and h2o scores of policy.py for columns ``cols`` (cached slots, then
+    the new token), from the per-slot history. h2o first adds this step's weight to every
+    cached slot's accumulated score and writes it back (as the torch backend does, whatever
+    is evicted), then protects the ``budget // 2`` most recent positions."""
+    cached = ok & (cols < retained)
+    block = tl.load(row_blocks + cols // BLOCK_SIZE, mask=cached, other=0).to(tl.int64)
+    slot = block * BLOCK_SIZE + cols % BLOCK_SIZE
+    position = tl.where(cols == retained, newest, tl.load(positions + slot, mask=cached, other=-1))
+    if POLICY == WINDOW:
+        score = position.to(tl.float32)
+    elif POLICY == SINK:
+        score = tl.where((position >= 0) & (position < SINKS), float("inf"), position.to(tl.float32))
+    else:
+        total = tl.load(accumulated + slot, mask=cached, other=0.0) + attention
+        tl.store(accumulated + slot, total, mask=cached)
+        tl.store(row_columns + cols, total, mask=ok & (cols == retained))
+        score = tl.where(position > newest - budget // 2, float("inf"), total)
+    return score
 
 
 @triton.jit
@@ -268,20 +326,36 @@ def _column_min(
     columns,  # (num_rows, budget + 1) float32: every column's score, summed over ranks
     tile_best,
     tile_index,
+    block_table,
+    positions,
+    accumulated,
     budget,
     stride_cr,
     stride_tr,
+    stride_bt,
     BLOCK_C: tl.constexpr,
+    POLICY: tl.constexpr,
+    SINKS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
 ):
-    """Grid (rows, column tiles): ``_decode_score``'s tile minima, from all-reduced scores."""
+    """Grid (rows, column tiles): ``_decode_score``'s tile minima, from all-reduced scores
+    (h2o: from all-reduced weights, which every rank accumulates alike)."""
     i = tl.program_id(0)
     tile = tl.program_id(1)
-    retained = tl.minimum(tl.load(seq_lens + tl.load(rows + i)) - 1, budget)
+    row = tl.load(rows + i)
+    retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
     c0 = tile * BLOCK_C
     if (retained < 0) | (c0 > retained):
         return
     cols = c0 + tl.arange(0, BLOCK_C)
-    score = tl.load(columns + i * stride_cr + cols, mask=cols <= retained, other=float("inf"))
+    ok = cols <= retained
+    score = tl.load(columns + i * stride_cr + cols, mask=ok, other=float("inf"))
+    if POLICY != TOVA:
+        score = _baseline_score(
+            score, cols, ok, retained, row, tl.load(seq_lens + row) - 1, block_table + row * stride_bt,
+            positions, accumulated, columns + i * stride_cr, budget, POLICY, SINKS, BLOCK_SIZE,
+        )
+        score = tl.where(ok, score, float("inf"))
     _store_tile_min(tile_best, tile_index, i * stride_tr + tile, score, c0)
 
 
@@ -298,6 +372,9 @@ def _decode_evict(
     tile_best,
     tile_index,
     evicted,  # (num_rows,) int32 out: logical slot freed, K = the new token, -1 = none
+    columns,  # h2o: the new token's accumulated score at column ``retained``
+    positions,
+    accumulated,
     budget,
     stride_kt, stride_kh,
     stride_vt, stride_vh,
@@ -305,16 +382,20 @@ def _decode_evict(
     stride_vcb, stride_vcs, stride_vch,
     stride_bt,
     stride_tr,
+    stride_cr,
     NUM_KV_HEADS: tl.constexpr,
     BLOCK_KV: tl.constexpr,
     HEAD: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    POLICY: tl.constexpr,
 ):
     """Grid (rows): full rows drop their weakest entry (the first minimum) and the new token
     takes its slot unless it is the weakest itself; rows below the budget append at
-    logical slot ``retained``."""
+    logical slot ``retained``. The baseline policies also record the new token's position
+    (and h2o its accumulated score) in that slot, so a reused slot never shows the history
+    of the token it held before."""
     i = tl.program_id(0)
     row = tl.load(rows + i)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
@@ -334,6 +415,11 @@ def _decode_evict(
     if (~full) | (weakest != retained):
         block = tl.load(block_table + row * stride_bt + target // BLOCK_SIZE).to(tl.int64)
         offset = target % BLOCK_SIZE
+        if POLICY != TOVA:
+            slot = block * BLOCK_SIZE + offset
+            tl.store(positions + slot, (tl.load(seq_lens + row) - 1).to(tl.int64))
+            if POLICY == H2O:
+                tl.store(accumulated + slot, tl.load(columns + i * stride_cr + retained))
         kv = tl.arange(0, BLOCK_KV)
         d = tl.arange(0, HEAD)
         kv_ok = kv < NUM_KV_HEADS
@@ -366,6 +452,10 @@ def _copy_slots(
     source_index,  # (n,) int64
     target_slot,  # (n,) int64 physical slot
     write,  # (n,) bool
+    source_positions,  # (entries,) int64, if HISTORY >= 1
+    positions,  # (slots,) int64 per physical slot, if HISTORY >= 1
+    source_accumulated,  # (entries,) float32, if HISTORY == 2
+    accumulated,  # (slots,) float32 per physical slot, if HISTORY == 2
     stride_st, stride_sh,
     stride_svt, stride_svh,
     stride_ct, stride_ch,
@@ -373,11 +463,16 @@ def _copy_slots(
     NUM_KV_HEADS: tl.constexpr,
     BLOCK_KV: tl.constexpr,
     HEAD: tl.constexpr,
+    HISTORY: tl.constexpr,
 ):
     i = tl.program_id(0)
     if tl.load(write + i):
         src = tl.load(source_index + i)
         dst = tl.load(target_slot + i)
+        if HISTORY >= 1:
+            tl.store(positions + dst, tl.load(source_positions + src))
+        if HISTORY == 2:
+            tl.store(accumulated + dst, tl.load(source_accumulated + src))
         kv = tl.arange(0, BLOCK_KV)
         d = tl.arange(0, HEAD)
         ok = (kv < NUM_KV_HEADS)[:, None]
@@ -474,6 +569,10 @@ def tova_decode(
     workspace: DecodeWorkspace,
     block_n: int = 64,
     combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    policy: str = "tova",
+    positions: torch.Tensor | None = None,
+    accumulated: torch.Tensor | None = None,
+    sinks: int = 4,
 ) -> torch.Tensor:
     """Attend, score, evict and write for ``len(rows)`` decode rows; returns the evicted
     logical slot per row (-1 while the row is below the budget). ``longest`` bounds every
@@ -497,6 +596,10 @@ def tova_decode(
         return evicted
     split_size = math.ceil(math.ceil(max(longest, 1) / num_splits) / block_n) * block_n
     ieee = query.dtype == torch.float32
+    code = POLICY_CODES[policy]
+    # TOVA's launches never read the history buffers: any tensor stands in for them.
+    positions = logits if positions is None else positions
+    accumulated = logits if accumulated is None else accumulated
     _decode_partial[(num_rows, num_kv_heads, num_splits)](
         query, key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
         logits, part_out, part_max, part_sum,
@@ -514,42 +617,46 @@ def tova_decode(
         BLOCK_SIZE=block_size, IEEE=ieee,
         num_warps=4,
     )
-    tensor_parallel = combine is not None
+    tensor_parallel = combine is not None and policy in ATTENTION_POLICIES
     heads_per_merge = 4
     merges = math.ceil(num_heads / heads_per_merge)
     _decode_score[(num_rows, workspace.tiles + merges)](
         output, seq_lens, rows, tokens, logits, part_out, part_max, part_sum, tile_best, tile_index,
-        columns, budget, num_splits, workspace.tiles,
+        columns, block_table, positions, accumulated, budget, num_splits, workspace.tiles,
         output.stride(0), output.stride(1),
         logits.stride(0), logits.stride(1),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_max.stride(0), part_max.stride(1),
         tile_best.stride(0),
         columns.stride(0),
+        block_table.stride(0),
         NUM_HEADS=num_heads, BLOCK_H=_pow2(num_heads), BLOCK_S=_pow2(num_splits),
         BLOCK_HO=heads_per_merge, HEAD=head,
         BLOCK_C=workspace.block_c, STORE_COLUMNS=tensor_parallel,
+        POLICY=code, SINKS=sinks, BLOCK_SIZE=block_size,
         num_warps=4,
     )
     if tensor_parallel:
         columns = combine(columns)
         _column_min[(num_rows, workspace.tiles)](
-            seq_lens, rows, columns, tile_best, tile_index, budget,
-            columns.stride(0), tile_best.stride(0),
-            BLOCK_C=workspace.block_c,
+            seq_lens, rows, columns, tile_best, tile_index, block_table, positions, accumulated, budget,
+            columns.stride(0), tile_best.stride(0), block_table.stride(0),
+            BLOCK_C=workspace.block_c, POLICY=code, SINKS=sinks, BLOCK_SIZE=block_size,
             num_warps=4,
         )
     _decode_evict[(num_rows,)](
         key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
-        tile_best, tile_index, evicted, budget,
+        tile_best, tile_index, evicted, columns, positions, accumulated, budget,
         key.stride(0), key.stride(1),
         value.stride(0), value.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_table.stride(0),
         tile_best.stride(0),
+        columns.stride(0),
         NUM_KV_HEADS=num_kv_heads, BLOCK_KV=_pow2(num_kv_heads), HEAD=head,
         BLOCK_T=_pow2(workspace.tiles), BLOCK_C=workspace.block_c, BLOCK_SIZE=block_size,
+        POLICY=code,
         num_warps=1,
     )
     return evicted
@@ -563,18 +670,31 @@ def copy_slots(
     source_index: torch.Tensor,
     target_slot: torch.Tensor,
     write: torch.Tensor,
+    source_positions: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    source_accumulated: torch.Tensor | None = None,
+    accumulated: torch.Tensor | None = None,
 ) -> None:
-    """key_cache[target_slot[i]] = source_key[source_index[i]] where write[i] (caches flat)."""
+    """key_cache[target_slot[i]] = source_key[source_index[i]] where write[i] (caches flat);
+    likewise the per-slot history of the baseline policies, where given (positions, then
+    accumulated scores too), so a slot never keeps the history of the token it held."""
     n = source_index.numel()
     if n == 0:
         return
     num_kv_heads, head = source_key.shape[1], source_key.shape[2]
+    history = 0 if positions is None else (1 if accumulated is None else 2)
+    # Without history the kernel never reads these: any tensor stands in for them.
+    source_positions = write if source_positions is None else source_positions
+    positions = write if positions is None else positions
+    source_accumulated = write if source_accumulated is None else source_accumulated
+    accumulated = write if accumulated is None else accumulated
     _copy_slots[(n,)](
         source_key, source_value, key_cache, value_cache, source_index, target_slot, write,
+        source_positions, positions, source_accumulated, accumulated,
         source_key.stride(0), source_key.stride(1),
         source_value.stride(0), source_value.stride(1),
         key_cache.stride(0), key_cache.stride(1),
         value_cache.stride(0), value_cache.stride(1),
-        NUM_KV_HEADS=num_kv_heads, BLOCK_KV=_pow2(num_kv_heads), HEAD=head,
+        NUM_KV_HEADS=num_kv_heads, BLOCK_KV=_pow2(num_kv_heads), HEAD=head, HISTORY=history,
         num_warps=1,
     )
