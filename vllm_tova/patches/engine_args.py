@@ -65,8 +65,9 @@ def _prepare_args(args: EngineArgs, settings: TovaConfig) -> None:
     args.attention_backend = "CUSTOM"
 
 
-#: Policies with CUDA decode kernels (attention/triton_kernels.py); the others run on CPU.
-GPU_POLICIES = ("tova",)
+#: Policies the CUDA backend serves (attention/triton_kernels.py ``POLICY_CODES``); any
+#: other policy is refused on CUDA.
+GPU_POLICIES = ("tova", "window", "sink", "h2o")
 
 
 def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
