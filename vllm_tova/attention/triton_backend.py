@@ -11,6 +11,9 @@ the packed-slot invariant), but nothing in a layer's forward waits on the GPU:
   compacted into the row's slots by a Triton copy. Sizes come from the scheduler's
   host-side lengths, so no index needs a device-to-host copy.
 
+The baseline policies (window, sink, h2o) score from the per-slot history of slot_state.py,
+kept by the same kernels (and the chunk copy) exactly as the torch backend keeps it.
+
 CUDA graphs: a pure-decode step (one new token per row; vLLM pads such a batch with empty
 rows of seq_len 0) can be replayed as one full graph. Its rows and tokens are slices of a
 persistent arange, seq_lens and the block table are the model runner's persistent buffers,

@@ -17,6 +17,12 @@ Under tensor parallelism each rank holds some of the heads: step 2 then stores e
 rank-local mean instead of tile minima, the caller all-reduces those (rows x (K + 1) floats),
 and ``_column_min`` takes the tile minima from the sums, so every rank evicts the same slot.
 
+The baseline policies (window, sink, h2o; ``POLICY`` is a tl.constexpr, so TOVA's kernels
+compile without them) score from per-physical-slot history buffers: step 2 (or
+``_column_min`` under TP, after the all-reduce) reads each slot's position and, for h2o, adds
+this step's weight to its accumulated attention and writes it back; step 3 writes the new
+token's position (and accumulated weight) into the slot it lands in.
+
 Storing logits costs 4 bytes per query head per slot, against 2 * head_size * dtype bytes per
 KV head per slot for reading K/V again: a few percent of the traffic instead of half of it.
 Logits are kept in base 2 (scaled by log2(e)) so the kernels use exp2 throughout.
