@@ -168,7 +168,9 @@ def test_h2o_decode_across_tensor_parallel_ranks_matches_torch_backend():
         caches = key_cache[:, :, kv_part].clone(), value_cache[:, :, kv_part].clone()
         history = positions.clone(), accumulated.clone()
         output = torch.empty_like(query[:, q_part])
-        workspace = _workspace(kernels, heads // ranks, head, budget, len(case.rows), len(case.rows) * 3)
+        workspace = _workspace(  # 16-column tiles: the minimum spans tiles
+            kernels, heads // ranks, head, budget, len(case.rows), len(case.rows) * 3, block_c=16
+        )
         kernels.tova_decode(
             query[:, q_part].contiguous(), key[:, kv_part].contiguous(), value[:, kv_part].contiguous(),
             *caches, block_table, seq_lens, case.rows, case.rows, output, case.scale, budget, 3,
@@ -246,9 +248,9 @@ def _with_padding_rows(inputs: tuple, count: int) -> tuple:
     )
 
 
-def _workspace(kernels, heads: int, head: int, budget: int, rows: int, split_rows: int):
+def _workspace(kernels, heads: int, head: int, budget: int, rows: int, split_rows: int, block_c=None):
     return kernels.DecodeWorkspace(
-        heads, head, budget, torch.device(DEVICE), max_rows=rows, max_split_rows=split_rows
+        heads, head, budget, torch.device(DEVICE), max_rows=rows, max_split_rows=split_rows, block_c=block_c
     )
 
 
@@ -437,7 +439,9 @@ class _BaselineRun:
             self.gpu.state.accumulated.uniform_(5, 10)
         self.null_history = self._history(self.gpu, torch.arange(block_size, device=DEVICE))
         self.builder = SimpleNamespace(budget=budget, block_size=block_size, device=torch.device(DEVICE))
-        self.workspace = _workspace(_kernels(torch.float32), heads, head, budget, rows + 2, (rows + 2) * 2)
+        self.workspace = _workspace(  # 16-column tiles: the new token's column in the second
+            _kernels(torch.float32), heads, head, budget, rows + 2, (rows + 2) * 2, block_c=16
+        )
 
     def chunk_step(self, lens: list[int]) -> None:
         from vllm_tova.attention.metadata import TovaMetadata, TovaMetadataBuilder

@@ -520,11 +520,13 @@ class DecodeWorkspace:
         device: torch.device,
         max_rows: int,
         max_split_rows: int,
+        block_c: int | None = None,
     ) -> None:
         self.num_heads, self.head_size, self.budget, self.device = num_heads, head_size, budget, device
         self.rows, self.splits = max_rows, max_split_rows  # capacities: rows, rows x splits
-        # Column tiles of the score pass: about 4096 (head, column) pairs per program.
-        self.block_c = max(16, 4096 // _pow2(num_heads))
+        # Column tiles of the score pass: about 4096 (head, column) pairs per program (tests
+        # pass a smaller block_c to give a small budget several tiles).
+        self.block_c = block_c or max(16, 4096 // _pow2(num_heads))
         self.tiles = math.ceil((budget + 1) / self.block_c)
         f32 = dict(dtype=torch.float32, device=device)
         self.logits = torch.empty(max_rows, num_heads, budget + 1, **f32)
