@@ -77,6 +77,22 @@ def test_decode_matches_torch(dtype, heads, kv_heads, head, budget, block_size, 
     torch.testing.assert_close(case.value_cache.cpu(), want_v, atol=0, rtol=0)
 
 
+def _emulated_all_reduce(run, ranks: int) -> torch.Tensor:
+    """Run each rank once, recording the column means its all-reduce would send, and return
+    what the all-reduce would hand back (their mean), for a second pass with it."""
+    local = [None] * ranks
+
+    def recorder(rank):
+        def keep(columns):
+            local[rank] = columns.clone()
+            return columns
+        return keep
+
+    for rank in range(ranks):
+        run(rank, recorder(rank))
+    return sum(local) / ranks
+
+
 def test_decode_across_tensor_parallel_ranks_matches_torch():
     """Two ranks, each with half the heads and an emulated all-reduce of the column scores,
     evict what one process with all heads evicts, and each writes its half of the cache."""
@@ -104,17 +120,7 @@ def test_decode_across_tensor_parallel_ranks_matches_torch():
         )
         return evicted.cpu(), output.cpu(), inputs[3].cpu(), inputs[4].cpu(), q_part, kv_part
 
-    local = [None] * ranks  # each rank's column means, as its all-reduce would send them
-
-    def recorder(rank):
-        def keep(columns):
-            local[rank] = columns.clone()
-            return columns
-        return keep
-
-    for rank in range(ranks):
-        run(rank, recorder(rank))
-    summed = sum(local) / ranks
+    summed = _emulated_all_reduce(run, ranks)
     for rank in range(ranks):
         evicted, output, key_cache, value_cache, q_part, kv_part = run(rank, lambda columns: summed)
         assert evicted.tolist() == want_evicted.tolist(), f"rank {rank}"
@@ -179,17 +185,7 @@ def test_h2o_decode_across_tensor_parallel_ranks_matches_torch_backend():
         )
         return output, caches, history, q_part, kv_part
 
-    local = [None] * ranks
-
-    def recorder(rank):
-        def keep(columns):
-            local[rank] = columns.clone()
-            return columns
-        return keep
-
-    for rank in range(ranks):
-        run(rank, recorder(rank))
-    summed = sum(local) / ranks
+    summed = _emulated_all_reduce(run, ranks)
     want_k, want_v = want_k.view_as(key_cache), want_v.view_as(value_cache)
     for rank in range(ranks):
         output, (k, v), (got_positions, got_accumulated), q_part, kv_part = run(rank, lambda c: summed)
