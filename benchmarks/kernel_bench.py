@@ -8,6 +8,8 @@ launch overhead is out of both. Achieved bandwidth counts the K/V bytes read onc
 
     python -m benchmarks.kernel_bench            # Llama-3-8B heads, bf16; writes
                                                  # benchmarks/results/kernel-<device>.csv
+    python -m benchmarks.kernel_bench --batches 64 --budgets 1024 --splits auto,2,4,8
+                                                 # TOVA also at forced split counts
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def copy_bandwidth_gbs(nbytes: int = 4 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def bench_point(batch: int, budget: int, args, fa) -> tuple[float, float, float]:
-    """(tova_us, flash_us, K/V bytes read) for one batch size and budget."""
+def bench_point(batch: int, budget: int, splits: int | None, args, fa) -> tuple[float, float, float, int]:
+    """(tova_us, flash_us, K/V bytes read, splits) for one batch size and budget; splits None
+    is the backend's own choice (``choose_splits``)."""
     from vllm._custom_ops import reshape_and_cache_flash
 
     flash_attn_varlen_func, fa_version = fa
@@ -57,7 +60,8 @@ def bench_point(batch: int, budget: int, args, fa) -> tuple[float, float, float]
     rows = torch.arange(batch, dtype=torch.int32, device="cuda")
     scale = head**-0.5
 
-    splits = triton_kernels.choose_splits(batch, kv_heads, attended, args.num_sms, 64)
+    if splits is None:
+        splits = triton_kernels.choose_splits(batch, kv_heads, attended, args.num_sms, 64)
     workspace = triton_kernels.DecodeWorkspace(
         heads, head, budget, torch.device("cuda"), max_rows=batch, max_split_rows=batch * splits
     )
@@ -86,7 +90,7 @@ def bench_point(batch: int, budget: int, args, fa) -> tuple[float, float, float]
     tova_us = do_bench_cudagraph(tova) * 1e3
     flash_us = do_bench_cudagraph(flash) * 1e3
     kv_bytes = 2 * batch * attended * kv_heads * head * key_cache.element_size()
-    return tova_us, flash_us, kv_bytes
+    return tova_us, flash_us, kv_bytes, splits
 
 
 def main() -> None:
@@ -98,6 +102,12 @@ def main() -> None:
     parser.add_argument("--head-size", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument(
+        "--splits",
+        default="auto",
+        help="TOVA's split counts per point, comma-separated: 'auto' (the backend's choice) or "
+        "a number, e.g. auto,2,4,8 to test the split heuristic",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.num_sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -110,26 +120,33 @@ def main() -> None:
     name = torch.cuda.get_device_name()
     print(f"device {name}, FlashAttention {fa[1]}, copy bandwidth {copy_gbs:.0f} GB/s")
     rows = []
-    header = "| batch | K | TOVA us | flash us | overhead | TOVA GB/s | % of copy |"
-    print(header + "\n|---|---|---|---|---|---|---|")
-    for budget in map(int, args.budgets.split(",")):
-        for batch in map(int, args.batches.split(",")):
-            tova_us, flash_us, kv_bytes = bench_point(batch, budget, args, fa)
-            gbs = kv_bytes / (tova_us * 1e-6) / 1e9
-            overhead = tova_us / flash_us - 1
-            rows.append(
-                dict(
-                    device=device, batch=batch, budget=budget, tova_us=f"{tova_us:.2f}",
-                    flash_us=f"{flash_us:.2f}", overhead=f"{overhead:.4f}",
-                    tova_gbs=f"{gbs:.0f}", copy_gbs=f"{copy_gbs:.0f}",
-                )
+    header = "| batch | K | splits | TOVA us | flash us | overhead | TOVA GB/s | % of copy |"
+    print(header + "\n|---|---|---|---|---|---|---|---|")
+    split_choices = [None if s == "auto" else int(s) for s in args.splits.split(",")]
+    points = [
+        (budget, batch, splits)
+        for budget in map(int, args.budgets.split(","))
+        for batch in map(int, args.batches.split(","))
+        for splits in split_choices
+    ]
+    for budget, batch, forced in points:
+        tova_us, flash_us, kv_bytes, splits = bench_point(batch, budget, forced, args, fa)
+        gbs = kv_bytes / (tova_us * 1e-6) / 1e9
+        overhead = tova_us / flash_us - 1
+        rows.append(
+            dict(
+                device=device, batch=batch, budget=budget, tova_us=f"{tova_us:.2f}",
+                flash_us=f"{flash_us:.2f}", overhead=f"{overhead:.4f}",
+                tova_gbs=f"{gbs:.0f}", copy_gbs=f"{copy_gbs:.0f}",
+                splits=f"{splits}" if forced is not None else f"auto ({splits})",
             )
-            print(
-                f"| {batch} | {budget} | {tova_us:.1f} | {flash_us:.1f} | {overhead:+.1%} | "
-                f"{gbs:.0f} | {gbs / copy_gbs:.0%} |",
-                flush=True,
-            )
-            torch.cuda.empty_cache()
+        )
+        print(
+            f"| {batch} | {budget} | {rows[-1]['splits']} | {tova_us:.1f} | {flash_us:.1f} | "
+            f"{overhead:+.1%} | {gbs:.0f} | {gbs / copy_gbs:.0%} |",
+            flush=True,
+        )
+        torch.cuda.empty_cache()
     out = args.out or RESULTS / f"kernel-{device}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
