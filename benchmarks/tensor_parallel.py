@@ -15,8 +15,8 @@ near-ties can flip in both).
 
 Throughput: ``benchmarks/throughput.py`` at TP=N, stock against TOVA, paper-like workload.
 
-Writes ``benchmarks/results/tp-<device>.md`` (and ``.json``, which keeps each part's results
-so the two parts can run as separate commands).
+Writes ``benchmarks/results/tp-<device>.md`` (``tp-<device>-tp<N>.md`` for N other than 2), and
+``.json``, which keeps each part's results so the two parts can run as separate commands.
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
     import vllm
 
     device = report.device_slug(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
-    stem = args.out_dir / f"tp-{device}"
+    tp = args.tensor_parallel_size
+    stem = args.out_dir / (f"tp-{device}" if tp == 2 else f"tp-{device}-tp{tp}")
     path = stem.with_suffix(".json")
     results = json.loads(path.read_text()) if path.exists() and not args.quick else {}
     if args.part in ("all", "agreement"):
