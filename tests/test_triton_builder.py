@@ -148,3 +148,19 @@ def test_pure_decode_shape(query_lens, pure):
 def _workspace_tensors(workspace: triton_kernels.DecodeWorkspace) -> list[torch.Tensor]:
     names = ("logits", "evicted", "tile_best", "tile_index", "columns", "part_out", "part_stats")
     return [getattr(workspace, name) for name in names]
+
+
+@pytest.mark.parametrize(
+    "rows,budget,splits",
+    [
+        (64, 512, 1),  # 512 programs cover 132 SMs; one split streams the budget's 512 entries
+        (64, 1024, 2),  # split for length: no program streams more than 512 cached entries
+        (64, 2048, 4),
+        (1024, 2048, 4),
+        (1, 2048, 33),  # split for occupancy, capped by the tiles (2,049 entries / 64)
+        (1, 8, 1),  # never an empty split
+    ],
+)
+def test_splits_cover_the_sms_and_bound_each_split(rows, budget, splits):
+    """The split rule ``kernel_bench --splits`` chose on an H200 (8 KV heads, 132 SMs)."""
+    assert triton_kernels.choose_splits(rows, 8, budget + 1, 132, 64) == splits

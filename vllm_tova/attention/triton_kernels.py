@@ -492,10 +492,21 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
+# Cached entries one split program streams at most (the new token's entry comes on top).
+# On an H200 at batch 64 x 8 KV heads (512 programs, about 4 per SM), one split per row
+# left TOVA 27% and 41% behind FlashAttention at K=1,024 and 2,048; 2-8 splits cut that to
+# 12-20% (`kernel_bench --splits`, 2026-11-28): a program that streams a long row alone
+# cannot keep enough loads in flight.
+SLOTS_PER_SPLIT = 512
+
+
 def choose_splits(num_rows: int, num_kv_heads: int, longest: int, num_sms: int, block_n: int) -> int:
-    """Enough splits to give every SM about two programs, but never an empty split."""
+    """Enough splits to give every SM about two programs and no split more than
+    ``SLOTS_PER_SPLIT`` cached entries (``longest`` counts the new token's too), but never an
+    empty split."""
     tiles = max(1, math.ceil(longest / block_n))
-    wanted = math.ceil(2 * num_sms / max(1, num_rows * num_kv_heads))
+    occupancy = math.ceil(2 * num_sms / max(1, num_rows * num_kv_heads))
+    wanted = max(occupancy, math.ceil((longest - 1) / SLOTS_PER_SPLIT))
     return max(1, min(wanted, tiles, 64))
 
 
