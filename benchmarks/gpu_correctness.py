@@ -24,6 +24,7 @@ import torch
 import vllm
 
 from benchmarks.report import append_section, device_slug
+from benchmarks.signals import sigterm_as_exit
 
 TESTS = ["tests/test_triton_kernels.py", "tests/test_gpu.py"]
 RESULTS = Path(__file__).parent / "results"
@@ -31,14 +32,6 @@ RESULTS = Path(__file__).parent / "results"
 # An outcome as pytest -v prints it: the word, maybe a skip reason, maybe the progress.
 _OUTCOME = re.compile(r"^(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)(\s+\(.*\))?(\s+\[\s*\d+%\])?$")
 _TEST_ID = re.compile(r"^tests/\S+::\S+")
-
-
-class Stopped(Exception):
-    """SIGTERM arrived while the tests ran."""
-
-
-def _stop(signum: int, frame) -> None:
-    raise Stopped
 
 
 def outcomes_by_test(lines: Sequence[str]) -> list[tuple[str, str]]:
@@ -66,19 +59,17 @@ def run_and_record(pytest_args: Sequence[str], tests: Sequence[str] = TESTS, res
     # Stream the output as it comes and keep it for the record.
     lines: list[str] = []
     stopped = False
-    previous = signal.signal(signal.SIGTERM, _stop)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))  # before printing: a stop may come in between
-            print(line, end="", flush=True)
-        proc.wait()
-    except Stopped:
+        with sigterm_as_exit():
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))  # before printing: a stop may come in between
+                print(line, end="", flush=True)
+            proc.wait()
+    except SystemExit:  # SIGTERM: stop pytest, then still write the record
         stopped = True
         proc.terminate()
         proc.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     # A failing assertion's traceback echoes the source of the print: skip quoted markers.
     reports = [line[line.index("[gpu]") + 6 :] for line in lines if "[gpu]" in line and '"[gpu]' not in line]

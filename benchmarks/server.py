@@ -12,12 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from benchmarks.signals import sigterm_as_exit
 
 
 def free_port() -> int:
@@ -47,34 +48,14 @@ def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
         proc.wait()
 
 
-def _raise_exit(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit while a server runs, so its ``finally`` stops the server.
-
-    The server has its own session (so stopping it reaches its workers), which also means a
-    SIGTERM to the client (``timeout``, a job scheduler) does not reach it; Python's default
-    SIGTERM action skips ``finally``, and an orphaned server kept 127 GiB of an H200.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @contextmanager
 def running_server(command: list[str], log_path: Path, startup_timeout: float = 600.0) -> Iterator[str]:
     """Run ``COMMAND --host 127.0.0.1 --port PORT`` (an OpenAI-compatible vLLM server) and yield
     its base URL once ``/health`` answers; logs go to ``log_path``; always stopped, also when
     this process gets SIGTERM."""
-    with _sigterm_as_exit():
+    # The server has its own session (so stopping it reaches its workers), so a SIGTERM to
+    # this client (``timeout``, a job scheduler) does not reach it: the finally must run.
+    with sigterm_as_exit():
         yield from _serve(command, log_path, startup_timeout)
 
 
