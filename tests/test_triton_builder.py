@@ -157,7 +157,7 @@ def _workspace_tensors(workspace: triton_kernels.DecodeWorkspace) -> list[torch.
         (64, 1024, 2),  # split for length: no program streams more than 512 cached entries
         (64, 2048, 4),
         (1024, 2048, 4),
-        (1, 2048, 33),  # split for occupancy, capped by the tiles (2,049 entries / 64)
+        (1, 2048, 33),  # split for occupancy: 2 programs x 132 SMs / 8 KV heads
         (1, 8, 1),  # never an empty split
     ],
 )
