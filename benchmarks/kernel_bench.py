@@ -41,6 +41,8 @@ def bench_point(batch: int, budget: int, splits: int | None, args, fa) -> tuple[
     is the backend's own choice (``choose_splits``)."""
     from vllm._custom_ops import reshape_and_cache_flash
 
+    from vllm_tova.attention.triton_backend import TovaTritonMetadataBuilder
+
     flash_attn_varlen_func, fa_version = fa
     dtype = getattr(torch, args.dtype)
     heads, kv_heads, head, bs = args.heads, args.kv_heads, args.head_size, args.block_size
@@ -60,8 +62,9 @@ def bench_point(batch: int, budget: int, splits: int | None, args, fa) -> tuple[
     rows = torch.arange(batch, dtype=torch.int32, device="cuda")
     scale = head**-0.5
 
+    block_n = TovaTritonMetadataBuilder.block_n  # the tile the backend launches with
     if splits is None:
-        splits = triton_kernels.choose_splits(batch, kv_heads, attended, args.num_sms, 64)
+        splits = triton_kernels.choose_splits(batch, kv_heads, attended, args.num_sms, block_n)
     workspace = triton_kernels.DecodeWorkspace(
         heads, head, budget, torch.device("cuda"), max_rows=batch, max_split_rows=batch * splits
     )
@@ -69,7 +72,7 @@ def bench_point(batch: int, budget: int, splits: int | None, args, fa) -> tuple[
     def tova() -> None:
         triton_kernels.tova_decode(
             query, key, value, key_cache, value_cache, block_table, seq_lens, rows, rows,
-            output, scale, budget, splits, budget, workspace,
+            output, scale, budget, splits, budget, workspace, block_n=block_n,
         )
 
     slots = (block_table[:, budget // bs].long() * bs + budget % bs).contiguous()
