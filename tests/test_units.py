@@ -93,6 +93,25 @@ def test_config_defaults_and_errors() -> None:
         TovaConfig(policy="tova", budget=64, prefill_chunk=4096).validate_against(32, 2048)
 
 
+def test_additional_config_refuses_a_plugin_vllm_would_not_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importable but not pip-installed (no entry point), or left out by VLLM_PLUGINS: vLLM
+    would ignore kv_policy and serve stock attention, so the helper raises instead."""
+    import vllm.envs
+
+    from vllm_tova import install_check
+    from vllm_tova.config import additional_config
+
+    assert additional_config("tova", 64)["kv_policy"] == "tova"  # this venv has the entry point
+    monkeypatch.setattr(vllm.envs, "VLLM_PLUGINS", ["other"], raising=False)
+    with pytest.raises(RuntimeError, match="VLLM_PLUGINS='other' leaves out the 'tova' plugin"):
+        additional_config("tova", 64)
+    monkeypatch.setattr(vllm.envs, "VLLM_PLUGINS", ["other", "tova"], raising=False)
+    assert additional_config("tova", 64)["kv_budget"] == 64
+    monkeypatch.setattr(install_check, "entry_points", lambda group: [])
+    with pytest.raises(RuntimeError, match="not installed as a vLLM plugin .* pip install -e"):
+        additional_config("tova", 64)
+
+
 def test_warns_when_batches_exceed_the_cuda_graph_capture_size() -> None:
     from vllm_tova.patches.engine_args import uncaptured_batch_warning
 

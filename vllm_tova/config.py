@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from vllm_tova.install_check import require_plugin_installed
 from vllm_tova.policy import POLICIES
 
 #: Keys read from ``additional_config`` (the CLI flags of the serving issue map onto them).
@@ -79,7 +80,9 @@ class TovaConfig:
 
 
 def additional_config(policy: str, budget: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> dict:
-    """The ``additional_config`` entries that turn a policy on (``LLM(additional_config=...)``)."""
+    """The ``additional_config`` entries that turn a policy on (``LLM(additional_config=...)``).
+    Raises first if vLLM would not load the plugin and so would silently ignore them."""
+    require_plugin_installed()
     return {POLICY_KEY: policy, BUDGET_KEY: budget, CHUNK_KEY: prefill_chunk}
 
 
