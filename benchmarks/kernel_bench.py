@@ -10,6 +10,9 @@ launch overhead is out of both. Achieved bandwidth counts the K/V bytes read onc
                                                  # benchmarks/results/kernel-<device>.csv
     python -m benchmarks.kernel_bench --batches 64 --budgets 1024 --splits auto,2,4,8
                                                  # TOVA also at forced split counts
+    python -m benchmarks.kernel_bench --launches default,64:4:3,128:4:2
+                                                 # and at other launch shapes of the decode
+                                                 # kernel (slots per tile:warps:stages)
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,12 +41,42 @@ def copy_bandwidth_gbs(nbytes: int = 4 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def bench_point(batch: int, budget: int, splits: int | None, args, fa) -> tuple[float, float, float, int]:
+def parse_launch(text: str) -> tuple[int, int, int] | None:
+    """'default' -> None (the backend's own launch), 'BLOCK_N:WARPS:STAGES' -> the triple."""
+    if text == "default":
+        return None
+    parts = text.split(":")
+    if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(
+            f"--launches entry {text!r}: expected 'default' or BLOCK_N:WARPS:STAGES, e.g. 64:2:3"
+        )
+    block_n, warps, stages = map(int, parts)
+    return block_n, warps, stages
+
+
+@contextmanager
+def partial_launch(launch: tuple[int, int, int] | None) -> Iterator[int]:
+    """Run TOVA's decode kernel with ``launch`` (the module constants it reads at each call)
+    and yield its tile; None leaves the backend's own launch."""
+    from vllm_tova.attention.triton_backend import TovaTritonMetadataBuilder
+
+    if launch is None:
+        yield TovaTritonMetadataBuilder.block_n
+        return
+    saved = triton_kernels.PARTIAL_WARPS, triton_kernels.PARTIAL_STAGES
+    triton_kernels.PARTIAL_WARPS, triton_kernels.PARTIAL_STAGES = launch[1], launch[2]
+    try:
+        yield launch[0]
+    finally:
+        triton_kernels.PARTIAL_WARPS, triton_kernels.PARTIAL_STAGES = saved
+
+
+def bench_point(
+    batch: int, budget: int, splits: int | None, args, fa, block_n: int
+) -> tuple[float, float, float, int]:
     """(tova_us, flash_us, K/V bytes read, splits) for one batch size and budget; splits None
     is the backend's own choice (``choose_splits``)."""
     from vllm._custom_ops import reshape_and_cache_flash
-
-    from vllm_tova.attention.triton_backend import TovaTritonMetadataBuilder
 
     flash_attn_varlen_func, fa_version = fa
     dtype = getattr(torch, args.dtype)
@@ -62,7 +97,6 @@ def bench_point(batch: int, budget: int, splits: int | None, args, fa) -> tuple[
     rows = torch.arange(batch, dtype=torch.int32, device="cuda")
     scale = head**-0.5
 
-    block_n = TovaTritonMetadataBuilder.block_n  # the tile the backend launches with
     if splits is None:
         splits = triton_kernels.choose_splits(batch, kv_heads, attended, args.num_sms, block_n)
     workspace = triton_kernels.DecodeWorkspace(
@@ -111,6 +145,12 @@ def main() -> None:
         help="TOVA's split counts per point, comma-separated: 'auto' (the backend's choice) or "
         "a number, e.g. auto,2,4,8 to test the split heuristic",
     )
+    parser.add_argument(
+        "--launches",
+        default="default",
+        help="launch shapes of TOVA's decode kernel, comma-separated: 'default' (the backend's) "
+        "or BLOCK_N:WARPS:STAGES, e.g. default,64:4:3,128:4:2",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.num_sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -123,17 +163,20 @@ def main() -> None:
     name = torch.cuda.get_device_name()
     print(f"device {name}, FlashAttention {fa[1]}, copy bandwidth {copy_gbs:.0f} GB/s")
     rows = []
-    header = "| batch | K | splits | TOVA us | flash us | overhead | TOVA GB/s | % of copy |"
-    print(header + "\n|---|---|---|---|---|---|---|---|")
+    header = "| batch | K | launch | splits | TOVA us | flash us | overhead | TOVA GB/s | % of copy |"
+    print(header + "\n|---|---|---|---|---|---|---|---|---|")
     split_choices = [None if s == "auto" else int(s) for s in args.splits.split(",")]
+    launches = [(text, parse_launch(text)) for text in args.launches.split(",")]
     points = [
-        (budget, batch, splits)
+        (budget, batch, splits, launch)
         for budget in map(int, args.budgets.split(","))
         for batch in map(int, args.batches.split(","))
         for splits in split_choices
+        for launch in launches
     ]
-    for budget, batch, forced in points:
-        tova_us, flash_us, kv_bytes, splits = bench_point(batch, budget, forced, args, fa)
+    for budget, batch, forced, (launch_name, launch) in points:
+        with partial_launch(launch) as block_n:
+            tova_us, flash_us, kv_bytes, splits = bench_point(batch, budget, forced, args, fa, block_n)
         gbs = kv_bytes / (tova_us * 1e-6) / 1e9
         overhead = tova_us / flash_us - 1
         rows.append(
@@ -142,10 +185,11 @@ def main() -> None:
                 flash_us=f"{flash_us:.2f}", overhead=f"{overhead:.4f}",
                 tova_gbs=f"{gbs:.0f}", copy_gbs=f"{copy_gbs:.0f}",
                 splits=f"{splits}" if forced is not None else f"auto ({splits})",
+                launch=launch_name,
             )
         )
         print(
-            f"| {batch} | {budget} | {rows[-1]['splits']} | {tova_us:.1f} | {flash_us:.1f} | "
+            f"| {batch} | {budget} | {launch_name} | {rows[-1]['splits']} | {tova_us:.1f} | {flash_us:.1f} | "
             f"{overhead:+.1%} | {gbs:.0f} | {gbs / copy_gbs:.0%} |",
             flush=True,
         )
