@@ -189,8 +189,8 @@ def main() -> None:
             )
         )
         print(
-            f"| {batch} | {budget} | {launch_name} | {rows[-1]['splits']} | {tova_us:.1f} | {flash_us:.1f} | "
-            f"{overhead:+.1%} | {gbs:.0f} | {gbs / copy_gbs:.0%} |",
+            f"| {batch} | {budget} | {launch_name} | {rows[-1]['splits']} | {tova_us:.1f} | "
+            f"{flash_us:.1f} | {overhead:+.1%} | {gbs:.0f} | {gbs / copy_gbs:.0%} |",
             flush=True,
         )
         torch.cuda.empty_cache()

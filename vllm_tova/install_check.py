@@ -25,13 +25,15 @@ def require_plugin_installed() -> None:
             "vllm-tova is importable but not installed as a vLLM plugin (no "
             f"'{PLUGIN_GROUP}' entry point '{PLUGIN_NAME} = {PLUGIN_TARGET}'), so vLLM would "
             "ignore kv_policy and run stock attention. Install it: pip install -e <checkout> "
-            "(make venv does), or pip install vllm-tova."
+            "(make venv does), or pip install vllm-tova; where pip cannot reach a package "
+            "index, python -m benchmarks.host_install <a directory on PYTHONPATH>."
         )
     import vllm.envs
 
     allowed = vllm.envs.VLLM_PLUGINS  # parsed as vLLM's plugin loader parses it
     if allowed is not None and not {ep.name for ep in installed} & set(allowed):
         raise RuntimeError(
-            f"VLLM_PLUGINS={','.join(allowed)!r} leaves out the '{PLUGIN_NAME}' plugin, so vLLM would ignore "
-            f"kv_policy and run stock attention; add '{PLUGIN_NAME}' to VLLM_PLUGINS or unset it."
+            f"VLLM_PLUGINS={','.join(allowed)!r} leaves out the '{PLUGIN_NAME}' plugin, so vLLM "
+            f"would ignore kv_policy and run stock attention; add '{PLUGIN_NAME}' to VLLM_PLUGINS "
+            "or unset it."
         )
