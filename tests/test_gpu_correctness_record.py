@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from benchmarks.gpu_correctness import outcomes_by_test
@@ -41,12 +42,16 @@ def test_outcomes_follow_each_test_id_through_its_output() -> None:
 
 
 STUB_TESTS = """
+import signal
+import sys
 import time
 
 def test_quick():
     print("[gpu] quick agreement line")
 
 def test_slow():
+    # Like a vLLM engine shutting down: stopping takes a moment.
+    signal.signal(signal.SIGTERM, lambda *_: (time.sleep(2), sys.exit(1)))
     print("slow test started", flush=True)
     time.sleep(300)
 """
@@ -70,6 +75,10 @@ def test_sigterm_still_writes_the_record(tmp_path: Path) -> None:
         for line in runner.stdout:
             if "slow test started" in line:
                 break
+        runner.send_signal(signal.SIGTERM)
+        # `timeout` signals the runner and then its process group: the second SIGTERM lands
+        # while the runner waits for pytest to stop, and must not cut the record off.
+        time.sleep(0.5)
         runner.send_signal(signal.SIGTERM)
         assert runner.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
