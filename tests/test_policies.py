@@ -1,5 +1,5 @@
-"""The baseline policies on small tensors: which entries each keeps, and the history the
-reference cache carries for them (positions, accumulated attention)."""
+"""The baseline policies on small tensors: which entries each keeps, and the per-slot history
+(positions, accumulated attention) the backends carry for them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 from vllm_tova.attention.slot_state import SlotState
 from vllm_tova.config import TovaConfig, additional_config
 from vllm_tova.policy import POLICIES, EvictionPolicy, H2OPolicy, SinkPolicy, WindowPolicy, get_policy
-from vllm_tova.reference import TovaCache
 
 UNIFORM = torch.full((1, 8), 1 / 8)  # attention carries no signal for position-based policies
 
@@ -64,35 +63,3 @@ def test_slot_state_follows_slot_writes() -> None:
     assert state.read_accumulated(torch.tensor([3, 7])).tolist() == [0.0, 0.25]
     assert SlotState(get_policy("tova")).read_positions(torch.tensor([0])) is None
 
-
-def _fake_cache(policy: EvictionPolicy, budget: int) -> TovaCache:
-    cache = TovaCache.__new__(TovaCache)
-    cache.budget, cache.policy = budget, policy
-    cache.positions, cache.accumulated = [], []
-    layer = type("Layer", (), {})()
-    layer.keys = torch.zeros(1, 1, 0, 1)
-    cache.layers = [layer]
-    return cache
-
-
-def _absorb(cache: TovaCache, positions: list[int], weights: torch.Tensor, sums: torch.Tensor) -> None:
-    layer = cache.layers[0]
-    new = torch.tensor(positions, dtype=torch.float32).view(1, 1, -1, 1)
-    layer.keys = torch.cat([layer.keys, new], dim=2)
-    layer.values = layer.keys.clone()
-    cache.evict(0, weights, len(positions), torch.tensor(positions), sums)
-
-
-def test_reference_cache_window_and_h2o_history() -> None:
-    cache = _fake_cache(WindowPolicy(), budget=3)
-    _absorb(cache, [0, 1, 2, 3, 4], torch.full((2, 5), 0.2), torch.ones(5))
-    _absorb(cache, [5], torch.full((2, 4), 0.25), torch.full((4,), 0.25))
-    assert cache.layers[0].keys.flatten().tolist() == [3.0, 4.0, 5.0]
-    assert cache.positions[0].tolist() == [3, 4, 5]
-
-    cache = _fake_cache(H2OPolicy(budget=2), budget=2)
-    _absorb(cache, [0, 1], torch.tensor([[0.5, 0.5]] * 2), torch.tensor([1.5, 0.5]))
-    # Step 2: entry 0 keeps gathering; K//2 = 1 recent slot, so 1 competes with 0 and loses.
-    _absorb(cache, [2], torch.tensor([[0.6, 0.1, 0.3]] * 2), torch.tensor([0.6, 0.1, 0.3]))
-    assert cache.positions[0].tolist() == [0, 2]
-    assert torch.allclose(cache.accumulated[0], torch.tensor([2.1, 0.3]))

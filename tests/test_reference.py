@@ -1,15 +1,100 @@
-"""The reference itself: without eviction it is plain HF attention; with it, it keeps K."""
+"""The reference itself: hand-worked examples pin each policy's definition; without
+eviction it is plain HF attention; with it, each layer keeps the best K by HF's own weights."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from vllm_tova.policy import TovaPolicy
-from vllm_tova.reference import TovaCache, TovaReference
+from vllm_tova.reference import ReferenceLayer, TovaCache, TovaReference, attend, select
+
+
+def _two_heads(keys: list[float], queries: tuple[float, float]) -> torch.Tensor:
+    """Newest-query weights of two query heads sharing one KV head, d = 1, scale 1: head h's
+    logit on entry j is queries[h] * keys[j], so keys = log(x) give weights x / sum(x)."""
+    query = torch.tensor(queries).view(1, 2, 1, 1)
+    key = torch.tensor(keys).view(1, 1, -1, 1)
+    _, weights = attend(query, key, key.clone(), scaling=1.0)
+    return weights[0, :, -1]
+
+
+def _decide(policy: str, budget: int, weights=None, positions=None, accumulated=None):
+    n = len(positions) if positions is not None else weights.shape[-1]
+    positions = torch.arange(n) if positions is None else torch.tensor(positions)
+    weights = torch.full((2, n), 1.0 / n) if weights is None else weights
+    accumulated = torch.zeros(n) if accumulated is None else torch.tensor(accumulated)
+    return select(policy, budget, weights, positions, accumulated)
+
+
+def test_tova_decode_by_hand() -> None:
+    # Keys log 1, log 2, log 4 (the last is the new token). Head 0 (query +1): 1/7, 2/7, 4/7;
+    # head 1 (query -1): weights 1, 1/2, 1/4 over 7/4: 4/7, 2/7, 1/7. Mean: 5/14, 4/14, 5/14.
+    weights = _two_heads([0.0, math.log(2), math.log(4)], (1.0, -1.0))
+    assert torch.allclose(weights, torch.tensor([[1, 2, 4], [4, 2, 1]]) / 7)
+    decision = _decide("tova", 2, weights)
+    # The middle entry goes (head 0 alone would drop entry 0; head 1 alone the new token).
+    assert decision.keep.tolist() == [0, 2]
+    assert decision.margin == pytest.approx((5 / 14 - 4 / 14) / (5 / 14))  # 0.2
+
+
+def test_tova_can_drop_the_new_token() -> None:
+    # Keys log 4, log 2, log 1, both queries +1: 4/7, 2/7, 1/7: the new token is the weakest.
+    weights = _two_heads([math.log(4), math.log(2), 0.0], (1.0, 1.0))
+    decision = _decide("tova", 2, weights)
+    assert decision.keep.tolist() == [0, 1]
+    assert decision.margin == pytest.approx(0.5)  # (2/7 - 1/7) / (2/7)
+
+
+def test_tova_chunk_is_scored_by_its_last_query() -> None:
+    # A 3-token chunk, K = 2, keys log 1, log 2, log 4, every query +1 (both heads). Causal:
+    # query 0 sees entry 0 only (weight 1); query 1: 1/3, 2/3; query 2 (the last): 1/7, 2/7,
+    # 4/7. The last query keeps entries 1 and 2; summing all three queries' weights (1.48,
+    # 0.95, 0.57) would keep 0 and 1 instead.
+    keys = torch.tensor([0.0, math.log(2), math.log(4)]).view(1, 1, 3, 1)
+    query = torch.ones(1, 2, 3, 1)
+    _, weights = attend(query, keys, keys.clone(), scaling=1.0)
+    assert torch.allclose(weights[0, 0, 0], torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(weights[0, 1, 1], torch.tensor([1 / 3, 2 / 3, 0]))
+    layer = ReferenceLayer()
+    decision = layer.absorb("tova", 2, weights[0, :, -1], torch.arange(3), weights[0].mean(0).sum(0))
+    assert decision.keep.tolist() == [1, 2]
+    assert layer.positions.tolist() == [1, 2]
+    assert torch.allclose(layer.accumulated, torch.tensor([2 / 3 + 2 / 7, 4 / 7]))
+
+
+def test_window_by_hand() -> None:
+    decision = _decide("window", 3, positions=[0, 1, 2, 3, 4, 5])
+    assert decision.keep.tolist() == [3, 4, 5]
+    assert decision.margin == math.inf  # integer positions cannot tie by rounding
+
+
+def test_sink_by_hand() -> None:
+    # K = 6: the first four tokens of the text, then the two most recent.
+    decision = _decide("sink", 6, positions=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert decision.keep.tolist() == [0, 1, 2, 3, 8, 9]
+
+
+def test_h2o_by_hand() -> None:
+    # K = 4: the K // 2 = 2 most recent, then the two heaviest of the rest.
+    layer = ReferenceLayer()
+    sums = torch.tensor([1.5, 0.2, 0.9, 0.4, 0.3, 0.1])
+    decision = layer.absorb("h2o", 4, torch.zeros(2, 6), torch.arange(6), sums)
+    # Newest 5: recent 4, 5; the rest by accumulated: 0 (1.5), 2 (0.9); 3 (0.4) and 1 go.
+    assert layer.positions.tolist() == [0, 2, 4, 5]
+    assert decision.margin == pytest.approx((0.9 - 0.4) / 0.9)
+    # Decode at 6: accumulated 1.6, 1.4, 0.35, 0.25, 0.2; recent 5, 6; then 0 and 2; 4 goes.
+    layer.absorb("h2o", 4, torch.zeros(2, 5), torch.tensor([6]), torch.tensor([0.1, 0.5, 0.05, 0.15, 0.2]))
+    assert layer.positions.tolist() == [0, 2, 5, 6]
+    assert torch.allclose(layer.accumulated, torch.tensor([1.6, 1.4, 0.25, 0.2]))
+
+
+def test_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="policy='lru'"):
+        _decide("lru", 2, positions=[0, 1, 2])
 
 
 @pytest.fixture(scope="module")
@@ -17,36 +102,36 @@ def reference(model_path: Path) -> TovaReference:
     return TovaReference(model_path)
 
 
-def test_without_eviction_matches_hf_eager(model_path: Path, austen_ids: list[int], reference) -> None:
+@pytest.fixture(scope="module")
+def hf_eager(model_path: Path):
+    return AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32, attn_implementation="eager")
+
+
+def test_without_eviction_matches_hf_eager(austen_ids: list[int], reference, hf_eager) -> None:
     prompt = austen_ids[500:800]
     ours = reference.generate(prompt, 24, budget=None, prefill_chunk=64)
-    hf = AutoModelForCausalLM.from_pretrained(
-        str(model_path), dtype=torch.float32, attn_implementation="eager"
-    )
     with torch.inference_mode():
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
+        out = hf_eager.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
     assert ours.tokens == out[0, len(prompt) :].tolist()
 
 
-def test_cache_never_exceeds_budget_and_keeps_best(reference, austen_ids: list[int]) -> None:
+def test_cache_keeps_the_best_by_hf_weights(reference, austen_ids: list[int], hf_eager) -> None:
+    """An 80-token chunk at K = 32: each layer keeps exactly the 32 positions with the highest
+    head-averaged weight of the last query, as HF's own eager attention computes it; then a
+    decode step drops exactly the entry its query weighs least."""
+    ids = austen_ids[:81]
+    with torch.inference_mode():
+        attentions = hf_eager(torch.tensor([ids[:80]]), output_attentions=True).attentions
     cache = TovaCache(reference.model.config, budget=32)
-    ids = austen_ids[:100]
-    reference._step(cache, ids[:80], 0)  # one 80-token chunk: trimmed to the 32 best
-    assert all(layer.keys.shape[2] == 32 for layer in cache.layers)
-    reference._step(cache, ids[80:81], 80)  # a decode step: 33 entries, one dropped
-    assert all(layer.keys.shape[2] == 32 for layer in cache.layers)
-
-
-def test_eviction_drops_lowest_score() -> None:
-    cache = TovaCache.__new__(TovaCache)
-    cache.budget = 2
-    cache.policy = TovaPolicy(budget=2)
-    cache.positions, cache.accumulated = [torch.arange(2)], [torch.zeros(2)]  # + 1 new entry
-    layer = type("Layer", (), {})()
-    layer.keys = torch.arange(3.0).view(1, 1, 3, 1)
-    layer.values = layer.keys.clone()
-    cache.layers = [layer]
-    weights = torch.tensor([[0.5, 0.1, 0.4], [0.3, 0.3, 0.4]])  # means 0.4, 0.2, 0.4
-    margin = cache.evict(0, weights, num_new=1)
-    assert layer.keys.flatten().tolist() == [0.0, 2.0]
-    assert margin == pytest.approx(0.2)
+    reference._step(cache, ids[:80], 0)
+    for layer, (kept, weights) in enumerate(zip(cache.kept_positions(), attentions)):
+        best = weights[0, :, -1].mean(0).topk(32).indices.sort().values
+        assert kept.tolist() == best.tolist(), f"layer {layer}"
+        assert cache.layers[layer].keys.shape[2] == 32
+    before = cache.kept_positions()
+    _, decisions = reference._step(cache, ids[80:81], 80)
+    for layer, (old, new, module) in enumerate(zip(before, cache.kept_positions(), reference.attention_modules)):
+        candidates = torch.cat([old, torch.tensor([80])])
+        dropped = int(module.tova_newest_weights.mean(0).argmin())
+        assert new.tolist() == [p for i, p in enumerate(candidates.tolist()) if i != dropped], f"layer {layer}"
+        assert len(decisions[layer].keep) == 32
