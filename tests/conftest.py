@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.tensor_parallel import environment
 from vllm_tova import assets
+from vllm_tova.attention import eviction_log
 from vllm_tova.config import additional_config
 from vllm_tova.stats import kv_block_bytes, open_llm
 
@@ -30,6 +32,9 @@ ENGINE_DEFAULTS = dict(
     kv_cache_memory_bytes=256 << 20,
     max_num_batched_tokens=1024,  # smaller warm-up batches start the engine faster on CPU
     max_num_seqs=32,
+    # Every engine records its eviction decisions (cheap on CPU), so tests can compare them
+    # with the reference's and still share engines: see tests/equivalence.py.
+    worker_extension_cls=eviction_log.WORKER_EXTENSION,
 )
 
 
@@ -75,7 +80,9 @@ class Engines:
         if key != self.key:
             self.close()
             self.current = open_llm(str(self.model_path), **{**ENGINE_DEFAULTS, **overrides})
-            self.llm, self.key = self.current.__enter__(), key
+            # Engine processes read the switch when they start (the CPU build spawns them).
+            with environment(VLLM_TOVA_RECORD_EVICTIONS="1"):
+                self.llm, self.key = self.current.__enter__(), key
         return self.llm
 
     def close(self) -> None:
