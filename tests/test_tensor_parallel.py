@@ -1,9 +1,11 @@
 """Tensor parallelism on the CPU engine: SmolLM2 (9 query heads, 3 KV heads) over 3 ranks.
 
 Each rank holds 3 of the 9 query heads; exact TOVA needs the head average over all 9, so the
-ranks all-reduce their scores. Checked here: every rank makes the same eviction decision at
-every layer and step (the ranks' eviction logs are equal), and the generation follows the
-single-process HF reference as closely as TP=1 does (see tests/equivalence.py).
+ranks all-reduce their scores. Checked here, per prompt (each run alone so its logs read as
+one sequence's): every rank logs the same eviction decisions at every layer and step, and
+those decisions and the tokens follow the single-process HF reference strictly (see
+tests/equivalence.py). The first prompt and K, C are those of a TP=1 case of
+tests/test_reference_equivalence.py, which holds TP=1 to the same reference.
 The Ray executor is GPU-only in vLLM; benchmarks/tensor_parallel.py runs it on GPUs.
 """
 
@@ -15,8 +17,7 @@ import pytest
 from vllm import SamplingParams
 
 from benchmarks.tensor_parallel import cpu_binding, environment
-from tests.equivalence import check_against_reference
-from vllm_tova.attention import eviction_log
+from tests.equivalence import check_against_reference, generate_logged, replay_log
 from vllm_tova.config import additional_config
 from vllm_tova.reference import TovaReference
 
@@ -28,35 +29,37 @@ GENERATED = 80
 
 @pytest.fixture(scope="module")
 def tp_run(engines, austen_ids: list[int]):
-    with environment(VLLM_TOVA_RECORD_EVICTIONS="1", **cpu_binding(RANKS)):
+    with environment(**cpu_binding(RANKS)):
         llm = engines.get(
             additional_config=additional_config("tova", BUDGET, CHUNK),
             tensor_parallel_size=RANKS,
             distributed_executor_backend="mp",
-            worker_extension_cls=eviction_log.WORKER_EXTENSION,
             kv_cache_memory_bytes=64 << 20,
         )
     prompts = [austen_ids[start : start + length] for start, length in SPANS]
     params = SamplingParams(max_tokens=GENERATED, temperature=0, logprobs=1, ignore_eos=True)
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
-    logs = llm.collective_rpc("tova_evictions")
+    runs = [generate_logged(llm, p, params) for p in prompts]
     engines.close()  # three worker processes: give the machine back to the next module
-    return prompts, [o.outputs[0] for o in outputs], logs
+    return prompts, runs
 
 
 def test_every_rank_evicts_the_same_entries_at_every_step(tp_run) -> None:
-    _, _, logs = tp_run
-    assert len(logs) == RANKS
-    # Per layer and step: prompt chunks log the kept indices, decode steps the evicted slot.
-    assert len(logs[0]) > 28 * GENERATED * len(SPANS)  # SmolLM2 has 30 layers
-    assert sum(1 for d in logs[0] if d >= 0) > 0
-    for rank, log in enumerate(logs[1:], start=1):
-        assert log == logs[0], f"rank {rank} disagrees with rank 0"
+    prompts, runs = tp_run
+    for prompt, (_, logs) in zip(prompts, runs):
+        assert len(logs) == RANKS
+        # Prompt chunks log the kept indices per layer, decode steps the evicted index.
+        assert sum(1 for d in logs[0] if d >= 0) > 30 * (GENERATED - 1)
+        for rank, log in enumerate(logs[1:], start=1):
+            assert log == logs[0], f"prompt {len(prompt)}: rank {rank} disagrees with rank 0"
 
 
-def test_tensor_parallel_generation_follows_reference(tp_run, model_path: Path) -> None:
-    prompts, outputs, _ = tp_run
+def test_tensor_parallel_follows_reference(tp_run, model_path: Path) -> None:
+    prompts, runs = tp_run
     reference = TovaReference(model_path)
-    for prompt, out in zip(prompts, outputs):
+    layers = reference.model.config.num_hidden_layers
+    for prompt, (out, logs) in zip(prompts, runs):
         expected = reference.generate(prompt, GENERATED, BUDGET, CHUNK)
-        print(check_against_reference(f"TP={RANKS} K={BUDGET} prompt={len(prompt)}", out, expected))
+        for rank, log in enumerate(logs):
+            kept = replay_log(log, len(prompt), CHUNK, BUDGET, GENERATED, layers)
+            report = check_against_reference(f"TP={RANKS} rank {rank} K={BUDGET} prompt={len(prompt)}", out, expected, kept)
+        print(report)
