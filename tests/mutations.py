@@ -1,0 +1,222 @@
+"""Planted bugs, and the fast tests that must catch each: evidence that the tests can fail.
+
+    python -m tests.mutations [--out benchmarks/results/correctness/mutations.md]
+
+Each mutant replaces one line of the package's source in a temporary copy of the working
+tree, then runs ``FAST_TESTS`` there in a fresh Python (so vLLM's plugin loading and every
+import see the mutated code); a mutant is caught when at least one test fails. The record
+names, per mutant, each test that failed and its first failure line. The unmutated tree
+runs first and must pass. ``tests/test_mutations.py`` runs the same check in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECORD = REPO / "benchmarks" / "results" / "correctness" / "mutations.md"
+
+#: The CPU unit level: no engine, no model; about 20 s per run, most of it importing vLLM.
+FAST_TESTS = [
+    "tests/test_torch_backend_vs_reference.py",
+    "tests/test_reference_by_hand.py",
+    "tests/test_policies.py",
+    "tests/test_units.py",
+]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+
+
+MUTANTS = [
+    Mutant(
+        "evict the second-lowest entry",
+        "vllm_tova/policy.py",
+        'return scores.masked_fill(~valid, float("inf")).argmin(dim=-1)',
+        'return scores.masked_fill(~valid, float("inf")).topk(2, dim=-1, largest=False).indices[..., 1]',
+    ),
+    Mutant(
+        "score with head 0 instead of the head average",
+        "vllm_tova/attention/head_average.py",
+        "return self.combine(weights.mean(dim=dim))",
+        "return self.combine(weights.select(dim, 0))",
+    ),
+    Mutant(
+        "leave the new token out of the decode score",
+        "vllm_tova/attention/torch_backend.py",
+        "evicted = self.policy.evict_one(scores, rows.valid)",
+        "evicted = self.policy.evict_one(scores[:, :-1], rows.valid[:, :-1])",
+    ),
+    Mutant(
+        "off-by-one chunk boundary (scheduler cuts a prompt at C + 1)",
+        "vllm_tova/scheduler.py",
+        "end = min((start // chunk + 1) * chunk, prompt_len)",
+        "end = min((start // chunk + 1) * chunk + 1, prompt_len)",
+    ),
+    Mutant(
+        "off-by-one chunk boundary (chunk scored by its second-to-last query)",
+        "vllm_tova/attention/torch_backend.py",
+        "self.head_average(weights[:, -1]),",
+        "self.head_average(weights[:, -2]),",
+    ),
+    Mutant(
+        "compact into the wrong slots (chunk survivors fill the first slots, not the freed)",
+        "vllm_tova/attention/torch_backend.py",
+        "torch.nonzero(~kept_old).flatten(),",
+        "torch.arange(int((~kept_old).sum()), device=k.device),",
+    ),
+    Mutant(
+        "compact into the wrong slots (decode writes the new token into slot 0)",
+        "vllm_tova/attention/torch_backend.py",
+        "target = torch.where(rows.full, freed, target)",
+        "target = torch.where(rows.full, rows.slots[:, 0], target)",
+    ),
+    Mutant(
+        "drop the budget cap by one block",
+        "vllm_tova/kv_manager.py",
+        "return cdiv(budget, block_size)",
+        "return cdiv(budget, block_size) - 1",
+    ),
+]
+
+
+@dataclass
+class Outcome:
+    mutant: Mutant | None  # None: the unmutated tree
+    failures: list[str]  # pytest's "FAILED <test> - <first line>" lines
+    summary: str
+    seconds: float
+
+    @property
+    def caught(self) -> bool:
+        return bool(self.failures)
+
+
+def copy_tree(dest: Path) -> None:
+    """The working tree as git sees it (tracked and untracked, not ignored files)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def apply(mutant: Mutant, tree: Path) -> None:
+    path = tree / mutant.path
+    text = path.read_text()
+    count = text.count(mutant.old)
+    if count != 1:  # the source moved on: a mutant that patches nothing would prove nothing
+        raise RuntimeError(f"{mutant.name}: {mutant.path} holds {count} copies of {mutant.old!r}")
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def run(mutant: Mutant | None, tests: list[str] = FAST_TESTS) -> Outcome:
+    """Run ``tests`` on a copy of the tree with ``mutant`` applied."""
+    with tempfile.TemporaryDirectory(prefix="tova-mutant-") as tmp:
+        tree = Path(tmp)
+        copy_tree(tree)
+        if mutant is not None:
+            apply(mutant, tree)
+        # A wide terminal, so pytest's summary keeps each failure's message on its line.
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "400"}
+        command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
+        start = time.monotonic()
+        done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
+        seconds = time.monotonic() - start
+    lines = done.stdout.splitlines()
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    if done.returncode != 0 and not failures:  # collection or usage error: show it
+        failures = [f"ERROR (pytest exit {done.returncode}) " + (lines[-1] if lines else done.stderr[-300:])]
+    summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), "")
+    return Outcome(mutant, failures, summary.strip("= "), seconds)
+
+
+def _commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def _machine() -> str:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def render(outcomes: list[Outcome], command: str) -> str:
+    baseline, mutants = outcomes[0], outcomes[1:]
+    lines = [
+        "# Mutation check: planted bugs and the tests that catch them",
+        "",
+        f"- command: `{command}`",
+        f"- commit: {_commit()}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {_machine()}",
+        f"- tests run per mutant: {', '.join(f'`{t}`' for t in FAST_TESTS)}",
+        f"- unmutated tree: {baseline.summary} ({baseline.seconds:.0f} s)",
+        f"- mutants caught: {sum(o.caught for o in mutants)}/{len(mutants)}",
+        "",
+    ]
+    for o in mutants:
+        assert o.mutant is not None
+        verdict = "**caught**" if o.caught else "**NOT CAUGHT**"
+        lines += [
+            f"## {o.mutant.name}: {verdict}",
+            "",
+            f"`{o.mutant.path}`: `{o.mutant.old}` → `{o.mutant.new}`",
+            "",
+            f"{o.summary} ({o.seconds:.0f} s). Failing tests:" if o.caught else f"{o.summary} ({o.seconds:.0f} s).",
+            "",
+            *[f"- `{line[:400]}`" for line in o.failures],
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=RECORD)
+    args = parser.parse_args(argv)
+    outcomes = []
+    for mutant in [None, *MUTANTS]:
+        outcome = run(mutant)
+        name = "unmutated tree" if mutant is None else mutant.name
+        print(f"{name}: {'caught' if outcome.caught else 'not caught'} ({outcome.summary})", flush=True)
+        for line in outcome.failures:
+            print(f"    {line[:200]}", flush=True)
+        outcomes.append(outcome)
+    if outcomes[0].caught:
+        print("the unmutated tree fails its own tests: fix that first", file=sys.stderr)
+        return 1
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m tests.mutations", *given])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(outcomes, command) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if all(o.caught for o in outcomes[1:]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
