@@ -95,6 +95,18 @@ def replay_log(
     return passes
 
 
+def evictions(passes: list[list[list[int]]], prompt_len: int, chunk: int) -> int:
+    """Entries one sequence dropped, all layers, over a run replayed by ``replay_log``: per
+    pass and layer, what it held before plus the pass's new tokens, minus what it holds."""
+    new = [min(chunk, prompt_len - start) for start in range(0, prompt_len, chunk)]
+    new += [1] * (len(passes) - len(new))
+    dropped, before = 0, [0] * len(passes[0])
+    for added, layers in zip(new, passes):
+        dropped += sum(held + added - len(kept) for held, kept in zip(before, layers))
+        before = [len(kept) for kept in layers]
+    return dropped
+
+
 def check_against_reference(
     label: str,
     out,

@@ -1,0 +1,66 @@
+"""The comparison itself (tests/equivalence.py) on hand-made runs: it reads an eviction log
+as the backend lays out its slots, and it fails on any difference that is not a tie at its
+own step."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.equivalence import EVICTION_TIE, LOGIT_TIE, check_against_reference, evictions, replay_log
+from vllm_tova.reference import ReferenceResult
+
+# K = 2, C = 3, a 4-token prompt, 2 tokens generated, one layer. Chunk 1 (tokens 0-2) keeps
+# indices 0, 2; chunk 2 sees [0, 2, 3] and keeps 1, 2 (token 3 fills slot 0, freed by 0);
+# the decode step at position 4 evicts index 1 (token 2), so 4 takes slot 1.
+LOG = [0, 2, 1, 2, 1]
+PASSES = [[[0, 2]], [[2, 3]], [[3, 4]]]
+
+
+def test_replay_follows_the_slot_layout() -> None:
+    assert replay_log(LOG, prompt_len=4, chunk=3, budget=2, generated=2, layers=1) == PASSES
+    assert evictions(PASSES, prompt_len=4, chunk=3) == 3
+    with pytest.raises(AssertionError, match="past the run"):
+        replay_log(LOG + [0], prompt_len=4, chunk=3, budget=2, generated=2, layers=1)
+
+
+def _runs(margin: float = 0.5, logit_margins=(0.1, 0.1)):
+    expected = ReferenceResult(
+        tokens=[7, 8], logprobs=[-1.0, -2.0], logit_margins=list(logit_margins),
+        kept=[[torch.tensor(k) for k in p] for p in PASSES],
+        cut_margins=[[0.5], [margin], [0.5]], prompt_passes=2,
+    )  # fmt: skip
+
+    def out(tokens):
+        return SimpleNamespace(token_ids=tokens, logprobs=[{t: SimpleNamespace(logprob=-1.0 - i)} for i, t in enumerate(tokens)])
+
+    return expected, out
+
+
+def test_identical_runs_pass() -> None:
+    expected, out = _runs()
+    report = check_against_reference("x", out([7, 8]), expected, PASSES)
+    assert "2/2 tokens identical, 3/3 layer decisions identical" in report
+
+
+def test_a_different_eviction_fails_unless_its_own_cut_is_a_tie() -> None:
+    wrong = [PASSES[0], [[0, 3]], [[3, 4]]]
+    expected, out = _runs(margin=10 * EVICTION_TIE)
+    with pytest.raises(AssertionError, match="pass 1 layer 0: vLLM keeps \\[0\\] where the reference keeps \\[2\\]"):
+        check_against_reference("x", out([7, 8]), expected, wrong)
+    expected, out = _runs(margin=EVICTION_TIE / 10)
+    report = check_against_reference("x", out([7, 8]), expected, wrong)
+    assert "eviction tie at pass 1 layer 0" in report
+    # After the tie, tokens are still held to the reference.
+    with pytest.raises(AssertionError, match="token 1 is 9"):
+        check_against_reference("x", out([7, 9]), expected, wrong)
+
+
+def test_a_different_token_fails_unless_its_own_logits_tie() -> None:
+    expected, out = _runs(logit_margins=(0.1, 10 * LOGIT_TIE))
+    with pytest.raises(AssertionError, match="token 1 is 9"):
+        check_against_reference("x", out([7, 9]), expected, PASSES)
+    expected, out = _runs(logit_margins=(0.1, LOGIT_TIE / 10))
+    assert "logit tie at token 1" in check_against_reference("x", out([7, 9]), expected, PASSES)
