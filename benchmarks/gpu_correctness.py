@@ -5,9 +5,9 @@
 Each run is appended to the record as its own section.
 
 Needs a CUDA GPU with vLLM 0.26.0 and this package installed; the tests themselves skip
-without CUDA. The record holds the command, device, versions, each test's outcome and the
-agreement lines the tests print (prefixed ``[gpu]``). A run stopped by SIGTERM (``timeout``)
-still writes its record: the tests that finished, and the one that was cut off.
+without CUDA. The record holds the command, commit, device, versions, each test's outcome
+and the agreement lines the tests print (prefixed ``[gpu]``). A run stopped by SIGTERM
+(``timeout``) still writes its record: the tests that finished, and the one cut off.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import transformers
 import vllm
 
 from benchmarks.report import append_section, device_slug
@@ -54,6 +55,16 @@ def outcomes_by_test(lines: Sequence[str]) -> list[tuple[str, str]]:
     return list(outcomes.items())
 
 
+def _commit() -> str:
+    """The tree the tests ran from: HEAD, and whether it had uncommitted changes."""
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def run_and_record(pytest_args: Sequence[str], tests: Sequence[str] = TESTS, results: Path = RESULTS) -> int:
     command = [sys.executable, "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider", *tests, *pytest_args]
     # Stream the output as it comes and keep it for the record.
@@ -84,7 +95,8 @@ def run_and_record(pytest_args: Sequence[str], tests: Sequence[str] = TESTS, res
             "",
             f"- command: `python -m benchmarks.gpu_correctness {' '.join(pytest_args)}`",
             f"- runs: `{' '.join(command[2:])}`",
-            f"- vLLM {vllm.__version__}, torch {torch.__version__}",
+            f"- commit: {_commit()}",
+            f"- vLLM {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}",
             f"- outcome: {outcome}",
             "",
             "### Tests",

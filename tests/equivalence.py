@@ -22,7 +22,7 @@ absolute, which moves a softmax weight by ~1e-4 of itself. A tie is a gap ten ti
 from __future__ import annotations
 
 
-from vllm_tova.reference import ReferenceResult
+from vllm_tova.reference import ReferenceResult, relative_gap
 
 LOGIT_TIE = 1e-5  # (top-1 - top-2) / |top-1| of the reference's logits
 EVICTION_TIE = 1e-3  # (worst kept - best dropped) / |worst kept| of the reference's scores
@@ -155,7 +155,7 @@ def check_against_reference(
         if t < 0:
             continue
         if got[t] != expected.tokens[t]:
-            margin = expected.logit_margins[t]
+            margin = relative_gap(expected.top_logits[t], expected.top_logits[t] - expected.logit_margins[t])
             assert margin < LOGIT_TIE, (
                 f"{label}: token {t} is {got[t]}, the reference's {expected.tokens[t]}; the "
                 f"reference's top-2 logit margin {margin:.2e} is no tie (< {LOGIT_TIE:.0e})"

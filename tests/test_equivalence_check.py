@@ -28,7 +28,7 @@ def test_replay_follows_the_slot_layout() -> None:
 
 def _runs(margin: float = 0.5, logit_margins=(0.1, 0.1)):
     expected = ReferenceResult(
-        tokens=[7, 8], logprobs=[-1.0, -2.0], logit_margins=list(logit_margins),
+        tokens=[7, 8], logprobs=[-1.0, -2.0], top_logits=[10.0, 10.0], logit_margins=[10 * m for m in logit_margins],
         kept=[[torch.tensor(k) for k in p] for p in PASSES],
         cut_margins=[[0.5], [margin], [0.5]], prompt_passes=2,
     )  # fmt: skip

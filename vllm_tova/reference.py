@@ -192,8 +192,8 @@ class TovaCache(DynamicCache):
 class ReferenceResult:
     """Greedy generation with every decision and how close it was.
 
-    tokens, logprobs, logit_margins: per generated token t; logit_margins[t] is the top-1
-        minus top-2 logit, relative to |top-1|.
+    tokens, logprobs, top_logits, logit_margins: per generated token t; logit_margins[t] is
+        the top-1 minus the top-2 logit.
     kept[s][l], cut_margins[s][l]: after forward pass s (the prompt's chunks, then one pass
         per generated token but the last), layer l's retained positions (ascending) and its
         decision's relative margin (inf when nothing was dropped). Pass ``chunks - 1 + t``
@@ -202,6 +202,7 @@ class ReferenceResult:
 
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_logits: list[float] = field(default_factory=list)
     logit_margins: list[float] = field(default_factory=list)
     kept: list[list[torch.Tensor]] = field(default_factory=list)
     cut_margins: list[list[float]] = field(default_factory=list)
@@ -288,7 +289,8 @@ class TovaReference:
             token = int(top2.indices[0])
             result.tokens.append(token)
             result.logprobs.append(float(torch.log_softmax(logits, -1)[token]))
-            result.logit_margins.append(relative_gap(float(top2.values[0]), float(top2.values[1])))
+            result.top_logits.append(float(top2.values[0]))
+            result.logit_margins.append(float(top2.values[0] - top2.values[1]))
             if len(result.tokens) == max_new_tokens:
                 break
             logits = step([token], position)
