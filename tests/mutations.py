@@ -3,7 +3,8 @@
     python -m tests.mutations [--out benchmarks/results/correctness/mutations.md]
 
 Each mutant replaces one line of the package's source in a temporary copy of the working
-tree, then runs ``FAST_TESTS`` there in a fresh Python (so vLLM's plugin loading and every
+tree, then runs its tests (``FAST_TESTS`` for the package's source, the hand-worked examples
+for the reference's) there in a fresh Python (so vLLM's plugin loading and every
 import see the mutated code); a mutant is caught when at least one test fails. The record
 names, per mutant, each test that failed and its first failure line. The unmutated tree
 runs first and must pass. ``tests/test_mutations.py`` runs the same check in CI.
@@ -41,6 +42,7 @@ class Mutant:
     path: str
     old: str
     new: str
+    tests: tuple[str, ...] = tuple(FAST_TESTS)
 
 
 MUTANTS = [
@@ -95,6 +97,41 @@ MUTANTS = [
 ]
 
 
+#: The reference's own definitions, pinned by the hand-worked examples (record only; CI runs
+#: ``MUTANTS``, the backend's).
+BY_HAND = ("tests/test_reference_by_hand.py",)
+REFERENCE_MUTANTS = [
+    Mutant(
+        "reference: TOVA scores with head 0",
+        "vllm_tova/reference.py",
+        "_keep(none, newest_weights.float().mean(dim=0), budget, exact=False)",
+        "_keep(none, newest_weights.float()[0], budget, exact=False)",
+        BY_HAND,
+    ),
+    Mutant(
+        "reference: window keeps the oldest",
+        "vllm_tova/reference.py",
+        "_keep(none, positions, budget, exact=True)",
+        "_keep(none, -positions, budget, exact=True)",
+        BY_HAND,
+    ),
+    Mutant(
+        "reference: three sinks instead of four",
+        "vllm_tova/reference.py",
+        "_keep(positions < SINKS, positions, budget, exact=True)",
+        "_keep(positions < SINKS - 1, positions, budget, exact=True)",
+        BY_HAND,
+    ),
+    Mutant(
+        "reference: H2O's recent window one token wider",
+        "vllm_tova/reference.py",
+        "recent = positions > positions.max() - budget // 2",
+        "recent = positions >= positions.max() - budget // 2",
+        BY_HAND,
+    ),
+]
+
+
 @dataclass
 class Outcome:
     mutant: Mutant | None  # None: the unmutated tree
@@ -129,8 +166,10 @@ def apply(mutant: Mutant, tree: Path) -> None:
     path.write_text(text.replace(mutant.old, mutant.new))
 
 
-def run(mutant: Mutant | None, tests: list[str] = FAST_TESTS) -> Outcome:
-    """Run ``tests`` on a copy of the tree with ``mutant`` applied."""
+def run(mutant: Mutant | None) -> Outcome:
+    """Run the mutant's tests on a copy of the tree with it applied (None: all fast tests
+    on the tree as it is)."""
+    tests = FAST_TESTS if mutant is None else list(mutant.tests)
     with tempfile.TemporaryDirectory(prefix="tova-mutant-") as tmp:
         tree = Path(tmp)
         copy_tree(tree)
@@ -174,8 +213,8 @@ def render(outcomes: list[Outcome], command: str) -> str:
         f"- commit: {_commit()}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {_machine()}",
-        f"- tests run per mutant: {', '.join(f'`{t}`' for t in FAST_TESTS)}",
-        f"- unmutated tree: {baseline.summary} ({baseline.seconds:.0f} s)",
+        f"- fast tests: {', '.join(f'`{t}`' for t in FAST_TESTS)}",
+        f"- unmutated tree, fast tests: {baseline.summary} ({baseline.seconds:.0f} s)",
         f"- mutants caught: {sum(o.caught for o in mutants)}/{len(mutants)}",
         "",
     ]
@@ -186,6 +225,8 @@ def render(outcomes: list[Outcome], command: str) -> str:
             f"## {o.mutant.name}: {verdict}",
             "",
             f"`{o.mutant.path}`: `{o.mutant.old}` → `{o.mutant.new}`",
+            "",
+            f"tests run: {', '.join(f'`{t}`' for t in o.mutant.tests)}",
             "",
             f"{o.summary} ({o.seconds:.0f} s). Failing tests:" if o.caught else f"{o.summary} ({o.seconds:.0f} s).",
             "",
@@ -200,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RECORD)
     args = parser.parse_args(argv)
     outcomes = []
-    for mutant in [None, *MUTANTS]:
+    for mutant in [None, *MUTANTS, *REFERENCE_MUTANTS]:
         outcome = run(mutant)
         name = "unmutated tree" if mutant is None else mutant.name
         print(f"{name}: {'caught' if outcome.caught else 'not caught'} ({outcome.summary})", flush=True)
