@@ -12,18 +12,20 @@ import torch
 from tests.equivalence import EVICTION_TIE, LOGIT_TIE, check_against_reference, evictions, replay_log
 from vllm_tova.reference import ReferenceResult
 
-# K = 2, C = 3, a 4-token prompt, 2 tokens generated, one layer. Chunk 1 (tokens 0-2) keeps
-# indices 0, 2; chunk 2 sees [0, 2, 3] and keeps 1, 2 (token 3 fills slot 0, freed by 0);
-# the decode step at position 4 evicts index 1 (token 2), so 4 takes slot 1.
-LOG = [0, 2, 1, 2, 1]
-PASSES = [[[0, 2]], [[2, 3]], [[3, 4]]]
+# K = 3, C = 3, a 6-token prompt, 2 tokens generated, one layer. Chunk 1 (tokens 0-2) keeps
+# all three. Chunk 2 sees [0, 1, 2, 3, 4, 5] and keeps indices 1, 3, 5: token 1 stays in slot
+# 1; tokens 3 and 5 fill the freed slots 0 and 2, lowest first: slots [3, 1, 5]. The decode
+# step at position 6 evicts index 0 (token 3), so 6 takes slot 0.
+LOG = [0, 1, 2, 1, 3, 5, 0]
+PASSES = [[[0, 1, 2]], [[1, 3, 5]], [[1, 5, 6]]]
+REPLAY = dict(prompt_len=6, chunk=3, budget=3, generated=2, layers=1)
 
 
 def test_replay_follows_the_slot_layout() -> None:
-    assert replay_log(LOG, prompt_len=4, chunk=3, budget=2, generated=2, layers=1) == PASSES
-    assert evictions(PASSES, prompt_len=4, chunk=3) == 3
+    assert replay_log(LOG, **REPLAY) == PASSES
+    assert evictions(PASSES, prompt_len=6, chunk=3) == 4  # 3 in chunk 2, 1 in the decode step
     with pytest.raises(AssertionError, match="past the run"):
-        replay_log(LOG + [0], prompt_len=4, chunk=3, budget=2, generated=2, layers=1)
+        replay_log(LOG + [0], **REPLAY)
 
 
 def _runs(margin: float = 0.5, logit_margins=(0.1, 0.1)):
@@ -46,9 +48,9 @@ def test_identical_runs_pass() -> None:
 
 
 def test_a_different_eviction_fails_unless_its_own_cut_is_a_tie() -> None:
-    wrong = [PASSES[0], [[0, 3]], [[3, 4]]]
+    wrong = [PASSES[0], [[0, 3, 5]], PASSES[2]]
     expected, out = _runs(margin=10 * EVICTION_TIE)
-    with pytest.raises(AssertionError, match="pass 1 layer 0: vLLM keeps \\[0\\] where the reference keeps \\[2\\]"):
+    with pytest.raises(AssertionError, match="pass 1 layer 0: vLLM keeps \\[0\\] where the reference keeps \\[1\\]"):
         check_against_reference("x", out([7, 8]), expected, wrong)
     expected, out = _runs(margin=EVICTION_TIE / 10)
     report = check_against_reference("x", out([7, 8]), expected, wrong)
@@ -60,6 +62,10 @@ def test_a_different_eviction_fails_unless_its_own_cut_is_a_tie() -> None:
 
 def test_a_different_token_fails_unless_its_own_logits_tie() -> None:
     expected, out = _runs(logit_margins=(0.1, 10 * LOGIT_TIE))
+    with pytest.raises(AssertionError, match="token 1 is 9"):
+        check_against_reference("x", out([7, 9]), expected, PASSES)
+    # A near-tie in an earlier cut that changed nothing excuses nothing later.
+    expected, out = _runs(margin=EVICTION_TIE / 10, logit_margins=(0.1, 10 * LOGIT_TIE))
     with pytest.raises(AssertionError, match="token 1 is 9"):
         check_against_reference("x", out([7, 9]), expected, PASSES)
     expected, out = _runs(logit_margins=(0.1, LOGIT_TIE / 10))
