@@ -129,8 +129,8 @@ def check_against_reference(
     logprobs = [step[token].logprob for step, token in zip(out.logprobs, got)]
     ties: list[str] = []
     compare_decisions = kept is not None
-    checked = worst = 0.0
-    decisions = identical_tokens = 0
+    worst = 0.0
+    decisions = identical_tokens = checked = 0
     for p in range(passes):
         if compare_decisions:
             differing = [
@@ -170,13 +170,11 @@ def check_against_reference(
     if kept is not None:
         total = sum(len(layers) for layers in kept)
         report += f", {decisions}/{total} layer decisions identical"
-    report += f", max |logprob diff| {worst:.2e} over {int(checked)} tokens"
+    report += f", max |logprob diff| {worst:.2e} over {checked} tokens"
     assert worst <= logprob_tolerance, report
     if ties:
         report += "; accepted: " + ", ".join(ties)
     return report
-
-
 
 
 def generate_logged(llm, prompt: list[int], params) -> tuple[object, list[list[int]]]:
