@@ -107,8 +107,9 @@ def test_streaming_equals_offline(client, model_path, prompts, offline) -> None:
     assert "".join(chunks) == offline[31]
 
 
-def test_32_concurrent_equal_offline_and_metrics_track_them(server, model_path, prompts, offline_runs) -> None:
-    offline = [text for text, _ in offline_runs]
+def test_32_concurrent_equal_offline_and_metrics_track_them(
+    server, model_path, prompts, offline, offline_runs
+) -> None:
     url = server[0]
     peaks = {"running": 0.0, "blocks": 0.0}
     done = threading.Event()
