@@ -67,22 +67,13 @@ PRESETS: dict[str, dict] = {
         "bos_token_id": 1,
         "eos_token_id": 2,
     },
-    # tiny-llama with SmolLM2's vocabulary, so SmolLM2's tokenizer fits it (vllm bench on CPU).
-    "tiny-llama-smol": {
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 64,
-        "vocab_size": 49152,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    },
     # Llama-3-8B's layers (heads, widths) but 8 of them and a 32k vocabulary: small enough to
     # write as a float32 checkpoint (8 GB) for the tensor-parallel agreement check.
     "llama3-8b-8layers": {"num_hidden_layers": 8, "vocab_size": 32768, "bos_token_id": 1, "eos_token_id": 2},
 }
+
+# tiny-llama with SmolLM2's vocabulary, so SmolLM2's tokenizer fits it (vllm bench on CPU).
+PRESETS["tiny-llama-smol"] = {**PRESETS["tiny-llama"], "vocab_size": 49152}
 
 
 @dataclass(frozen=True)
