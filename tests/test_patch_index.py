@@ -35,7 +35,10 @@ def _owner_name(obj: Any) -> str:
 
 
 def _path(obj: Any) -> str:
-    return obj.__name__ if inspect.ismodule(obj) else f"{obj.__module__}.{obj.__qualname__}"
+    if inspect.ismodule(obj):
+        return obj.__name__
+    cls = obj if inspect.isclass(obj) else type(obj)  # an instance such as current_platform
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def plugin_modules() -> list[ModuleType]:
@@ -63,7 +66,7 @@ def overridden() -> set[str]:
     found = set()
     for cls in plugin_classes():
         mro = cls.__mro__
-        ours = [c for c in mro if not _is_vllm(c.__module__) and c.__module__.startswith("vllm_tova")]
+        ours = [c for c in mro if c.__module__.startswith("vllm_tova")]
         theirs = [c for c in mro if _is_vllm(c.__module__)]
         names = {n for c in ours for n in (*vars(c), *getattr(c, "__annotations__", {}))}
         for name in names:
@@ -108,13 +111,9 @@ def _vllm_targets(module: ModuleType) -> list[tuple[str, Any, str, ast.AST]]:
         owner = vars(module)[chain[0]]
         for part in chain[1:-1]:
             owner = getattr(owner, part, None)
-        if owner is None or not _is_vllm(_owner_name(owner)):
-            continue
-        if isinstance(node, ast.Name):  # setattr(vllm_object, ...)
-            found.append(("write", owner, "?", node))
-        else:
+        if owner is not None and _is_vllm(_owner_name(owner)):
             found.append(("write" if id(node) in writes else "read", owner, chain[-1], node))
-    for node in ast.walk(tree):  # setattr's first argument as a bare name
+    for node in ast.walk(tree):  # setattr(vllm_object, ...)
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and node.args:
             arg = node.args[0]
             if isinstance(arg, ast.Name) and _is_vllm(_owner_name(vars(module).get(arg.id))):
