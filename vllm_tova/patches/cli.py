@@ -1,4 +1,4 @@
-"""Patches 2 and 3: the ``--kv-*`` flags of ``vllm serve`` (see ``patches/README.md``)."""
+"""The ``--kv-*`` flags of ``vllm serve`` (see ``patches/README.md``)."""
 
 from __future__ import annotations
 

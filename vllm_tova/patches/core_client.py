@@ -1,4 +1,4 @@
-"""Patch 5: ``vllm.v1.engine.core_client.EngineCoreOutputs`` (see ``patches/README.md``)."""
+"""``vllm.v1.engine.core_client.EngineCoreOutputs`` (see ``patches/README.md``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Patch 1: ``EngineArgs.create_engine_config`` (see ``patches/README.md``)."""
+"""``EngineArgs.create_engine_config`` (see ``patches/README.md``)."""
 
 from __future__ import annotations
 
@@ -186,8 +186,8 @@ def _raise_capture_size(args: EngineArgs, config: VllmConfig) -> bool:
 
 def uncaptured_batch_warning(max_num_seqs: int, max_capture_size: int | None, graphs_on: bool) -> str | None:
     """Why large batches may be slow when the user capped the capture size below
-    ``max_num_seqs`` (vllm-tova leaves a chosen size alone). Measured on an H200 (README,
-    "Where the step time goes"): batch 640 took 62 ms per step of which 27 ms ran on the GPU."""
+    ``max_num_seqs`` (vllm-tova leaves a chosen size alone). Measured on an H200
+    (benchmarks/results/kernels/README.md, "Where the step time goes"): batch 640 took 62 ms per step of which 27 ms ran on the GPU."""
     if raised_capture_size(max_num_seqs, max_capture_size, graphs_on) is None:
         return None
     return (

@@ -1,4 +1,4 @@
-"""Patch 4: ``InputProcessor._validate_params`` (see ``patches/README.md``)."""
+"""``InputProcessor._validate_params`` (see ``patches/README.md``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Patches 6 and 7: the TOVA KV spec and backend selection (see ``patches/README.md``)."""
+"""Worker side: the TOVA KV spec and backend selection (see ``patches/README.md``)."""
 
 from __future__ import annotations
 
