@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--prompt-lens", default="300,1000", help="prompt lengths range low,high")
     p.add_argument("--gen-len", type=int, default=128)
-    p.add_argument("--throughput-args", default="--workloads paper --budgets 512",
+    p.add_argument("--throughput-args", default="--workloads paper --systems stock,tova:512 --repeats 1",
                    help="extra arguments for benchmarks.throughput")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny model, mp, short")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -218,7 +218,7 @@ def render(results: dict, device: str, versions: str) -> str:
         lines += [f"- FAILED: {name}: `{error}`" for name, error in a.get("failures", {}).items()]
     t = results.get("throughput")
     if t:
-        lines += ["## Throughput", "", f"- command: `{t['command']}`", "", report.markdown(t["rows"]), ""]
+        lines += ["## Throughput", "", f"- command: `{t['command']}`", "", report.completion_markdown(t["rows"]), ""]
     return "\n".join(lines)
 
 
