@@ -6,8 +6,8 @@ engine, stock and with TOVA, on a KV pool that holds only two full stock sequenc
 caps each sequence at ``ceil(K / block_size)`` blocks, so the same pool runs many more
 sequences at once; decode on a small model is bound by reading the weights, which a larger
 batch shares, so generated tokens per second rise. The defaults keep prompts short and
-generation long enough that decode dominates, and finish in about two minutes on a 2-core
-x86 CPU. The table also goes to ``benchmarks/results/demo/`` (with the command, the machine
+generation long enough that decode dominates, and the pool small enough that stock admits
+two sequences and never preempts. The table also goes to ``benchmarks/results/demo/`` (with the command, the machine
 and the date) when run from a checkout.
 """
 
