@@ -7,8 +7,8 @@ caps each sequence at ``ceil(K / block_size)`` blocks, so the same pool runs man
 sequences at once; decode on a small model is bound by reading the weights, which a larger
 batch shares, so generated tokens per second rise. The defaults keep prompts short and
 generation long enough that decode dominates, and the pool small enough that stock admits
-two sequences and never preempts. The table also goes to ``benchmarks/results/demo/`` (with the command, the machine
-and the date) when run from a checkout.
+two sequences and never preempts. The table also goes to ``benchmarks/results/demo/``
+(with the command, the machine and the date) when run from a checkout.
 """
 
 from __future__ import annotations
@@ -122,9 +122,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=176)
     parser.add_argument("--gen-len", type=int, default=80)
     parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--pool-sequences", type=int, default=2, help="KV pool size, in full stock sequences")
-    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 if the CPU has native bf16, else float32")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR if RESULTS_DIR.parent.is_dir() else None)
+    parser.add_argument("--pool-sequences", type=int, default=2, help="KV pool, in full stock sequences")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 if the CPU has it natively, else float32")
+    checkout = RESULTS_DIR if RESULTS_DIR.parent.is_dir() else None
+    parser.add_argument("--out-dir", type=Path, default=checkout, help="where the table is written")
     return parser.parse_args(argv)
 
 
@@ -189,7 +190,9 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def write_record(out_dir: Path, cpu: str, flags: set[str], setup: str, lines: list[str], sample: list[str]) -> Path:
+def write_record(
+    out_dir: Path, cpu: str, flags: set[str], setup: str, lines: list[str], sample: list[str]
+) -> Path:
     """The table with what it needs to be repeated: command, machine, date."""
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in cpu.lower()).strip("-") or "cpu"

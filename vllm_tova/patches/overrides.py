@@ -16,6 +16,7 @@ from vllm_tova.patches.wrap import check_signature
 
 _SCHED = "vllm.v1.core.sched"
 _BACKEND = "vllm.v1.attention.backend"
+_MANAGER = "vllm.v1.core.single_type_kv_cache_manager.SingleTypeKVCacheManager"
 
 #: Overridden by a subclass in vllm_tova -> the vLLM signature it was written against.
 OVERRIDDEN: dict[str, str | None] = {
@@ -29,13 +30,11 @@ OVERRIDDEN: dict[str, str | None] = {
         "(self, spec_decoding_stats=None, kv_connector_stats=None, cudagraph_stats=None, "
         "perf_stats=None)"
     ),
-    "vllm.v1.core.single_type_kv_cache_manager.SingleTypeKVCacheManager.get_num_blocks_to_allocate": (
+    f"{_MANAGER}.get_num_blocks_to_allocate": (
         "(self, request_id, num_tokens, new_computed_blocks, total_computed_tokens, "
         "num_local_computed_tokens, num_tokens_main_model, apply_admission_cap=False)"
     ),
-    "vllm.v1.core.single_type_kv_cache_manager.SingleTypeKVCacheManager.allocate_new_blocks": (
-        "(self, request_id, num_tokens, num_tokens_main_model)"
-    ),
+    f"{_MANAGER}.allocate_new_blocks": "(self, request_id, num_tokens, num_tokens_main_model)",
     "vllm.v1.kv_cache_interface.FullAttentionSpec.max_memory_usage_bytes": "(self, vllm_config)",
     "vllm.v1.kv_cache_interface.FullAttentionSpec.merge": "(cls, specs)",
     f"{_BACKEND}.AttentionBackend.forward_includes_kv_cache_update": None,
