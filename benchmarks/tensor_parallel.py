@@ -15,8 +15,9 @@ near-ties can flip in both).
 
 Throughput: ``benchmarks/throughput.py`` at TP=N, stock against TOVA, paper-like workload.
 
-Writes ``benchmarks/results/tp-<device>.md`` (``tp-<device>-tp<N>.md`` for N other than 2), and
-``.json``, which keeps each part's results so the two parts can run as separate commands.
+Writes ``benchmarks/results/tensor-parallel/tp-<device>.md`` (``tp-<device>-tp<N>.md`` for N
+other than 2), and ``.json``, which keeps each part's results so the two parts can run as
+separate commands.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.workloads import random_prompts
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "tensor-parallel"
 
 
 @contextmanager

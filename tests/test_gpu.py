@@ -3,7 +3,7 @@
 Real SmolLM2 weights, both model runners (V2, vLLM 0.26's default, and V1), vLLM's default
 compilation (FULL_AND_PIECEWISE: pure-decode steps replay full CUDA graphs, steps with prompt
 chunks run piecewise graphs with attention between the pieces). Run them all with
-``python -m benchmarks.gpu_correctness``, which records the outcome under benchmarks/results.
+``python -m benchmarks.gpu_correctness``, which records the outcome under benchmarks/results/correctness/.
 """
 
 from __future__ import annotations
