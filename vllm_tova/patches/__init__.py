@@ -28,8 +28,9 @@ Engine side (the process that builds the VllmConfig: ``LLM(...)``, ``vllm serve`
 
 4. ``vllm.v1.engine.input_processor.InputProcessor._validate_params`` -> ``input_processor.py``
    Why: a request's ``extra_args`` / ``vllm_xargs`` ``kv_budget`` cannot be honoured (one
-   engine-wide budget, see ``vllm_tova.request_params``) and must not be silently ignored.
-   How: call the original, then raise ValueError (HTTP 400) naming the key.
+   engine-wide budget, see ``vllm_tova.request_params``) and must not be silently ignored;
+   nor may a misspelled ``kv_*`` key. How: call the original, then raise ValueError (HTTP 400)
+   naming the key.
    Upstream: none. Removal: when per-request budgets are implemented.
 
 5. ``vllm.v1.engine.core_client.EngineCoreOutputs`` (the type ``MPClient.__init__`` decodes
@@ -41,9 +42,17 @@ Engine side (the process that builds the VllmConfig: ``LLM(...)``, ``vllm serve`
    Upstream: none (a generic plugin-stats field in SchedulerStats would replace it).
    Removal: with such a field.
 
+6. ``vllm.entrypoints.generate.beam_search.offline.BeamSearchOfflineMixin.beam_search`` and
+   ``...beam_search.online.BeamSearchOnlineMixin.beam_search`` -> ``beam_search.py``
+   Why: vLLM runs beam search as one-token requests that resend each beam's text, which TOVA
+   would re-absorb as prompt chunks (quadratic work, chunk-rule evictions): refused rather than
+   served wrong. How: raise ValueError (HTTP 400) naming --kv-policy before the first beam
+   request, when a policy is set; stock engines run the original.
+   Upstream: none. Removal: if vLLM's beam search keeps beams as decoding sequences.
+
 Worker side (each process that builds the model):
 
-6. ``vllm.model_executor.layers.attention.attention.Attention.get_kv_cache_spec``
+7. ``vllm.model_executor.layers.attention.attention.Attention.get_kv_cache_spec``
    -> ``worker.py``
    Why: the block manager learns a layer's KV needs only from its spec; a TOVA layer must
    report ``TovaAttentionSpec`` (capped at K tokens) instead of ``FullAttentionSpec``.
@@ -51,7 +60,7 @@ Worker side (each process that builds the model):
    Upstream: none (a per-layer spec override for plugins would replace it).
    Removal: with such a hook.
 
-7. ``vllm.platforms.cpu.CpuPlatform.get_attn_backend_cls`` -> ``worker.py``
+8. ``vllm.platforms.cpu.CpuPlatform.get_attn_backend_cls`` -> ``worker.py``
    Why: on CPU vLLM always answers ``CPU_ATTN`` and ignores ``--attention-backend CUSTOM``.
    How: return the registered CUSTOM backend when it is the selected one.
    Upstream: none yet (CPU honours overrides of CPU_ATTN only, which would hit stock runs).
@@ -82,11 +91,12 @@ def apply_all() -> None:
     if _applied:
         return
     check_vllm_version()
-    from vllm_tova.patches import cli, core_client, engine_args, input_processor, worker
+    from vllm_tova.patches import beam_search, cli, core_client, engine_args, input_processor, worker
 
     engine_args.apply()
     cli.apply()
     input_processor.apply()
+    beam_search.apply()
     core_client.apply()
     worker.apply()
     _applied = True
