@@ -81,7 +81,8 @@ class TovaKVCacheManager(FullAttentionManager):
         return self._clamp(num_tokens)
 
     def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:
-        return super().get_num_blocks_to_allocate(request_id, self._reserve(request_id, num_tokens), *args, **kwargs)
+        reserved = self._reserve(request_id, num_tokens)
+        return super().get_num_blocks_to_allocate(request_id, reserved, *args, **kwargs)
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int):
         return super().allocate_new_blocks(
