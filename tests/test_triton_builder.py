@@ -63,7 +63,9 @@ def test_workspace_is_sized_by_max_model_len_and_the_real_decode_batch(monkeypat
     assert builder.max_rows == 512 and builder.budget == 8192
     assert sum(t.numel() * t.element_size() for t in _workspace_tensors(workspace)) < 160e6
     # A budget below max_model_len sizes the buffers itself, and max_num_seqs binds when smaller.
-    small = _builder(monkeypatch, budget=512, max_model_len=8192, max_num_seqs=64, max_num_batched_tokens=8192, device="meta")
+    small = _builder(
+        monkeypatch, budget=512, max_model_len=8192, max_num_seqs=64, max_num_batched_tokens=8192, device="meta"
+    )
     assert tuple(small.workspace.logits.shape) == (64, 8, 513)
 
 
