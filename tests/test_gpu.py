@@ -9,6 +9,7 @@ chunks run piecewise graphs with attention between the pieces). Run them all wit
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from vllm import SamplingParams
 
 from tests.conftest import tova
+from tests.preemption import run_preempting_once
 from tests.equivalence import LOGIT_TIE, check_against_reference, first_difference, prefix_agreement
 from vllm_tova.reference import TovaReference
 from vllm_tova.stats import open_llm
@@ -89,22 +91,36 @@ def test_large_budget_equals_stock(model_path: Path, austen_ids: list[int]) -> N
 def test_matches_reference_and_isolation(
     runner: str, model_path: Path, austen_ids: list[int], reference_prompts, reference
 ) -> None:
-    """K < length: greedy tokens equal the HF reference; a mixed batch equals each alone."""
+    """K < length: greedy tokens equal the HF reference; a mixed batch equals each alone, also
+    when every running request is preempted mid-run (replayed on the runner's default
+    scheduling: async on CUDA)."""
     params = SamplingParams(max_tokens=NUM_GENERATED, temperature=0, logprobs=1, ignore_eos=True)
     mixed = [austen_ids[3_500 * i : 3_500 * i + n] for i, n in enumerate(MIXED_LENGTHS)]
     short = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
     config = dict(GPU_DEFAULTS, additional_config=tova(BUDGET, CHUNK))
     with model_runner(runner), open_llm(str(model_path), **config) as llm:
         outputs = [o.outputs[0] for o in llm.generate(_ids(reference_prompts), params)]
+        start = time.perf_counter()
         batched = [list(o.outputs[0].token_ids) for o in llm.generate(_ids(mixed), short)]
+        batched_s = time.perf_counter() - start
         alone = [list(llm.generate(_ids([p]), short)[0].outputs[0].token_ids) for p in mixed]
+        start = time.perf_counter()
+        preempted, running = run_preempting_once(llm, mixed, short)
+        preempted_s = time.perf_counter() - start
+        async_scheduling = llm.llm_engine.vllm_config.scheduler_config.async_scheduling
     for prompt, out in zip(reference_prompts, outputs):
         expected = reference.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
         label = f"{runner} K={BUDGET} C={CHUNK} prompt {len(prompt)}"
         print("[gpu]", check_against_reference(label, out, expected))
-    for n, a, b in zip(MIXED_LENGTHS, alone, batched):
+    for n, a, b, c in zip(MIXED_LENGTHS, alone, batched, preempted):
         assert a == b, f"{runner}: the {n}-token request changed inside the mixed batch"
+        assert a == c, f"{runner}: the {n}-token request changed after preemption"
+    assert running >= 2, f"{runner}: meant to preempt several running requests ({running})"
     print(f"[gpu] {runner}: {len(mixed)} mixed-length requests identical alone and batched")
+    print(
+        f"[gpu] {runner} (async scheduling {async_scheduling}): {running} running requests preempted "
+        f"mid-run replay exactly; the batch took {preempted_s:.2f} s against {batched_s:.2f} s unpreempted"
+    )
 
 
 #: Half-precision bounds: logprob drift on the prefix shared with the float32 reference, and

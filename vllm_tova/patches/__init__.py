@@ -8,7 +8,8 @@ process that loads the plugin.
 
 Engine side (the process that builds the VllmConfig: ``LLM(...)``, ``vllm serve``; the API
 server): ``engine_args`` (config adjustments and refusals), ``cli`` (the ``--kv-*`` flags),
-``input_processor`` (per-request settings refused), ``core_client`` (TOVA stats decoded).
+``input_processor`` (per-request settings refused), ``beam_search`` (refused under a policy),
+``core_client`` (TOVA stats decoded).
 Worker side (each process that builds the model): ``worker`` (the capped KV spec, CPU backend
 selection).
 """
@@ -37,13 +38,14 @@ def apply_all() -> None:
     if _applied:
         return
     check_vllm_version()
-    from vllm_tova.patches import cli, core_client, engine_args, input_processor, overrides, worker
+    from vllm_tova.patches import beam_search, cli, core_client, engine_args, input_processor, overrides, worker
 
     overrides.check()
     # Engine side.
     engine_args.apply()
     cli.apply()
     input_processor.apply()
+    beam_search.apply()
     core_client.apply()
     # Worker side.
     worker.apply()

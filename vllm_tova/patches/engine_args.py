@@ -99,7 +99,9 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
             f"{label(POLICY_KEY)}={settings.policy} does not support {', '.join(refused)}; "
             f"remove {flag(POLICY_KEY)} or those settings."
         )
-    settings.validate_against(config.cache_config.block_size, sched.max_num_batched_tokens)
+    settings.validate_against(
+        config.cache_config.block_size, sched.max_num_batched_tokens, sched.max_num_seqs, model.max_model_len
+    )
     threshold = sched.long_prefill_token_threshold
     if 0 < threshold < settings.prefill_chunk:
         raise ValueError(
