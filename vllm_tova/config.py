@@ -7,6 +7,7 @@ for the block manager, the scheduler and the attention backend.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -17,6 +18,9 @@ from vllm_tova.policy import POLICIES
 POLICY_KEY = "kv_policy"
 BUDGET_KEY = "kv_budget"
 CHUNK_KEY = "kv_prefill_chunk"
+KEYS = (POLICY_KEY, BUDGET_KEY, CHUNK_KEY)
+#: vllm-tova owns this key prefix: a misspelled key would otherwise be ignored in silence.
+KEY_PREFIX = "kv_"
 
 DEFAULT_PREFILL_CHUNK = 512
 
@@ -54,6 +58,7 @@ class TovaConfig:
     def from_additional_config(cls, extra: Mapping[str, Any] | None) -> "TovaConfig":
         """Parse and validate; errors name the key and the allowed range."""
         extra = extra or {}
+        check_known_keys(extra, "additional_config")
         policy = extra.get(POLICY_KEY, "none")
         allowed = ["none", *POLICIES]
         if policy not in allowed:
@@ -64,18 +69,60 @@ class TovaConfig:
         chunk = _positive_int(extra, CHUNK_KEY, DEFAULT_PREFILL_CHUNK)
         return cls(policy=policy, budget=budget, prefill_chunk=chunk)
 
-    def validate_against(self, block_size: int, max_num_batched_tokens: int) -> None:
+    def validate_against(
+        self, block_size: int, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int
+    ) -> None:
         """Checks that need the engine's resolved settings."""
         if self.budget < block_size:
             raise ValueError(
                 f"{label(BUDGET_KEY)}={self.budget} is smaller than the KV block size {block_size}; "
                 f"allowed: {flag(BUDGET_KEY)} >= {block_size} (or a smaller --block-size)."
             )
+        if self.budget % block_size and self.budget < max_model_len:
+            # Refused, not rounded: K decides which tokens are evicted, so a rounded K would
+            # change the outputs the user asked for; the tail of the last block would be
+            # reserved for every sequence and never used.
+            lower, upper = self.budget // block_size * block_size, -(-self.budget // block_size) * block_size
+            raise ValueError(
+                f"{label(BUDGET_KEY)}={self.budget} is not a multiple of the KV block size {block_size}: "
+                f"each sequence would hold {upper} slots and use {self.budget}. Allowed: a multiple of "
+                f"{block_size} (e.g. {flag(BUDGET_KEY)} {lower} or {upper}), or a --block-size that divides it."
+            )
         if self.prefill_chunk > max_num_batched_tokens:
             raise ValueError(
                 f"{label(CHUNK_KEY)}={self.prefill_chunk} exceeds max_num_batched_tokens="
                 f"{max_num_batched_tokens}: a prompt chunk must fit one step; allowed: "
                 f"1 <= {flag(CHUNK_KEY)} <= {max_num_batched_tokens}, or raise --max-num-batched-tokens."
+            )
+        most = starvation_free_chunk(max_num_batched_tokens, max_num_seqs)
+        if self.prefill_chunk > most:
+            needed = self.prefill_chunk + max_num_seqs - 1
+            smaller = f"{flag(CHUNK_KEY)} <= {most}, " if most >= 1 else ""
+            raise ValueError(
+                f"{label(CHUNK_KEY)}={self.prefill_chunk} does not fit a step beside a full batch of "
+                f"decodes (max_num_batched_tokens={max_num_batched_tokens}, max_num_seqs="
+                f"{max_num_seqs}: {max_num_seqs - 1} decode tokens). Prompts advance a whole chunk at "
+                f"a time, so waiting prompts would stall until running sequences finish. Allowed: "
+                f"{smaller}--max-num-batched-tokens >= {needed}, or "
+                f"--max-num-seqs <= {max_num_batched_tokens - self.prefill_chunk + 1}."
+            )
+
+
+def starvation_free_chunk(max_num_batched_tokens: int, max_num_seqs: int) -> int:
+    """Largest prompt chunk that always fits a step: the other ``max_num_seqs - 1`` sequences
+    take one decode token each, so the oldest prompt still in prefill gets its chunk every step."""
+    return max_num_batched_tokens - (max_num_seqs - 1)
+
+
+def check_known_keys(settings: Mapping[str, Any], where: str) -> None:
+    """Refuse a ``kv_*`` key that is not one of ``KEYS``, suggesting the closest one."""
+    for key in settings:
+        if isinstance(key, str) and key.startswith(KEY_PREFIX) and key not in KEYS:
+            close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"{where} key {key!r} is not a vllm-tova setting; {hint}"
+                f"known keys: {', '.join(KEYS)} (vllm-tova owns the {KEY_PREFIX!r} prefix)."
             )
 
 

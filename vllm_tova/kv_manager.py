@@ -4,10 +4,16 @@ The attention backend keeps a sequence's retained tokens packed into its first
 ``min(tokens_seen, K)`` slots (incoming tokens are attended from activations, then written
 into slots freed by eviction), so a sequence never needs more than ``ceil(K / block_size)``
 blocks. Capping here is what lets the scheduler admit many more sequences.
+
+Admission reserves that cap: a request is handed every block it will ever hold when it is
+first scheduled (``ceil(min(prompt + max_tokens, max_model_len, K) / block_size)``), so a
+running request never asks for another block and is never preempted for one; requests that
+do not fit wait in the queue instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Self
 
@@ -16,6 +22,7 @@ from vllm.utils.math_utils import cdiv
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
+from vllm.v1.request import Request
 
 
 def blocks_per_sequence(budget: int, block_size: int) -> int:
@@ -48,24 +55,44 @@ class TovaAttentionSpec(FullAttentionSpec):
 
 
 class TovaKVCacheManager(FullAttentionManager):
-    """FullAttentionManager whose block count stops growing at the TOVA cap.
+    """FullAttentionManager that reserves each request's whole cap up front.
 
     Both the admission count (``get_num_blocks_to_allocate``) and the allocation
-    (``allocate_new_blocks``) clamp the same token count, so BlockPool never sees a request
-    for more blocks than were reserved.
+    (``allocate_new_blocks``) ask for the same number of tokens, so BlockPool never sees a
+    request for more blocks than were checked: the tokens scheduled so far, raised to the
+    request's final length once the scheduler has attached its requests, clamped to the cap.
     """
+
+    requests: Mapping[str, Request] | None = None
+    max_model_len: int = 0
+
+    def attach_requests(self, requests: Mapping[str, Request], max_model_len: int) -> None:
+        """Let the manager see each request's final length (the scheduler's live dict)."""
+        self.requests, self.max_model_len = requests, max_model_len
 
     def _clamp(self, num_tokens: int) -> int:
         assert isinstance(self.kv_cache_spec, TovaAttentionSpec)
         return min(num_tokens, self.kv_cache_spec.max_blocks_per_sequence * self.block_size)
 
+    def _reserve(self, request_id: str, num_tokens: int) -> int:
+        request = self.requests.get(request_id) if self.requests is not None else None
+        if request is not None:
+            num_tokens = max(num_tokens, final_length(request, self.max_model_len))
+        return self._clamp(num_tokens)
+
     def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:
-        return super().get_num_blocks_to_allocate(request_id, self._clamp(num_tokens), *args, **kwargs)
+        reserved = self._reserve(request_id, num_tokens)
+        return super().get_num_blocks_to_allocate(request_id, reserved, *args, **kwargs)
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int):
         return super().allocate_new_blocks(
-            request_id, self._clamp(num_tokens), self._clamp(num_tokens_main_model)
+            request_id, self._reserve(request_id, num_tokens), self._clamp(num_tokens_main_model)
         )
+
+
+def final_length(request: Request, max_model_len: int) -> int:
+    """Most tokens a request can reach: its prompt plus ``max_tokens``, within max_model_len."""
+    return min(request.num_prompt_tokens + request.max_tokens, max_model_len)
 
 
 def register_kv_cache_spec() -> None:

@@ -23,7 +23,7 @@ from vllm.v1.metrics.stats import SchedulerStats
 from vllm.v1.request import Request
 
 from vllm_tova.config import TovaConfig
-from vllm_tova.kv_manager import TovaAttentionSpec, blocks_per_sequence
+from vllm_tova.kv_manager import TovaAttentionSpec, TovaKVCacheManager, blocks_per_sequence
 from vllm_tova.metrics import EvictionCounter, TovaSchedulerStats, TovaStats, count_blocks
 
 
@@ -61,6 +61,19 @@ class _ChunkAlignedMixin:
         return aligned_chunk(start, num_new_tokens, request.num_prompt_tokens, self.tova_chunk)
 
 
+class _ReserveCapMixin:
+    """Hands the TOVA block managers this scheduler's requests, so that each is admitted with
+    its whole block cap reserved (``TovaKVCacheManager``): running requests then never grow
+    into a preemption. The replay path above stays for preemptions vLLM still makes (e.g.
+    ``reset_prefix_cache(reset_running_requests=True)``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for manager in self.kv_cache_manager.coordinator.single_type_managers:
+            if isinstance(manager, TovaKVCacheManager):
+                manager.attach_requests(self.requests, self.max_model_len)
+
+
 class _EvictionStatsMixin:
     """Counts evictions and held blocks each step; reports them in ``make_stats``."""
 
@@ -95,9 +108,9 @@ class _EvictionStatsMixin:
         return TovaSchedulerStats.extend(stats, tova)
 
 
-class TovaScheduler(_EvictionStatsMixin, _ChunkAlignedMixin, Scheduler):
+class TovaScheduler(_EvictionStatsMixin, _ReserveCapMixin, _ChunkAlignedMixin, Scheduler):
     pass
 
 
-class TovaAsyncScheduler(_EvictionStatsMixin, _ChunkAlignedMixin, AsyncScheduler):
+class TovaAsyncScheduler(_EvictionStatsMixin, _ReserveCapMixin, _ChunkAlignedMixin, AsyncScheduler):
     pass

@@ -60,7 +60,7 @@ def kv_block_bytes(model: str, dtype: str, block_size: int) -> int:
 
     cfg = AutoConfig.from_pretrained(model)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    itemsize = 4 if dtype == "float32" else 2
+    itemsize = 4 if dtype == "float32" else 1 if dtype.startswith("fp8") else 2
     return block_size * cfg.num_key_value_heads * head_dim * 2 * itemsize * cfg.num_hidden_layers
 
 

@@ -86,6 +86,11 @@ class TovaTritonMetadata:
     workspace: triton_kernels.DecodeWorkspace
 
 
+def workspace_budget(budget: int, max_model_len: int) -> int:
+    """Most entries a decode row can retain: K, or fewer than max_model_len when K exceeds it."""
+    return min(budget, max_model_len)
+
+
 def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of the device, which choose_splits spreads the work over."""
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -116,13 +121,20 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        self.budget = TovaConfig.from_additional_config(vllm_config.additional_config).budget
-        self.block_size = kv_cache_spec.block_size
         model = vllm_config.model_config
+        # The workspace is allocated outside vLLM's memory profiling, so it is sized by what a
+        # step can really hold: a row never retains max_model_len entries or more (a budget
+        # above that evicts nothing and sizes nothing), and a decode step has at most one row
+        # per token of the step's budget.
+        self.budget = workspace_budget(
+            TovaConfig.from_additional_config(vllm_config.additional_config).budget, model.max_model_len
+        )
+        self.block_size = kv_cache_spec.block_size
         parallel = vllm_config.parallel_config
         self.num_kv_heads = model.get_num_kv_heads(parallel)
         self.num_sms = multiprocessor_count(device)
-        self.max_rows = vllm_config.scheduler_config.max_num_seqs
+        sched = vllm_config.scheduler_config
+        self.max_rows = min(sched.max_num_seqs, sched.max_num_batched_tokens)
         # Row and flat-token indices of a pure-decode batch (row i holds token i): slices of
         # one buffer, so a captured graph finds them at the same address on every replay.
         self.arange = torch.arange(self.max_rows, dtype=torch.int32, device=device)
@@ -169,7 +181,9 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
         launch parameters that depend on n alone, so the step a graph replays is exact for
         any lengths: the budget bounds every row, the kernels stop at each row's seq_len."""
         if n > self.max_rows:
-            raise ValueError(f"{n} decode rows exceed max_num_seqs={self.max_rows}")
+            raise ValueError(
+                f"{n} decode rows exceed min(max_num_seqs, max_num_batched_tokens)={self.max_rows}"
+            )
         rows = self.arange[:n]
         splits = triton_kernels.choose_splits(
             n, self.num_kv_heads, self.budget + 1, self.num_sms, self.block_n

@@ -1,38 +1,27 @@
-"""Patches 2 and 3: the ``--kv-*`` flags of ``vllm serve`` (see the index in ``__init__``)."""
+"""The ``--kv-*`` flags of ``vllm serve`` (see ``patches/README.md``)."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_tova.cli import add_cli_args, merge_flags
-
-_ORIGINAL_ADD = EngineArgs.add_cli_args  # staticmethod: a plain function on the class
-_ORIGINAL_FROM = EngineArgs.from_cli_args.__func__  # classmethod underneath
+from vllm_tova.patches.wrap import wrap
 
 
 def apply() -> None:
-    if not getattr(EngineArgs.add_cli_args, "_vllm_tova", False):
-        EngineArgs.add_cli_args = staticmethod(_add_cli_args)
-    if not getattr(EngineArgs.from_cli_args, "_vllm_tova", False):
-        EngineArgs.from_cli_args = classmethod(_from_cli_args)
+    wrap(EngineArgs, "add_cli_args", "(parser)", _add_cli_args)  # a staticmethod
+    wrap(EngineArgs, "from_cli_args", "(cls, args)", _from_cli_args)  # a classmethod
 
 
-@functools.wraps(_ORIGINAL_ADD)
-def _add_cli_args(parser):
-    parser = _ORIGINAL_ADD(parser)
+def _add_cli_args(original, parser):
+    parser = original(parser)
     add_cli_args(parser)
     return parser
 
 
-@functools.wraps(_ORIGINAL_FROM)
-def _from_cli_args(cls, args: argparse.Namespace):
-    engine_args = _ORIGINAL_FROM(cls, args)
+def _from_cli_args(original, cls, args: argparse.Namespace):
+    engine_args = original(cls, args)
     engine_args.additional_config = merge_flags(args, engine_args.additional_config)
     return engine_args
-
-
-_add_cli_args._vllm_tova = True  # type: ignore[attr-defined]
-_from_cli_args._vllm_tova = True  # type: ignore[attr-defined]

@@ -1,9 +1,8 @@
-"""Patch 1: ``EngineArgs.create_engine_config`` (see the index in ``__init__``)."""
+"""``EngineArgs.create_engine_config`` (see ``patches/README.md``)."""
 
 from __future__ import annotations
 
 import copy
-import functools
 
 from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.engine.arg_utils import EngineArgs
@@ -14,37 +13,37 @@ from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
 from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, POLICY_KEY, TovaConfig, flag, label
 from vllm_tova.kv_manager import blocks_per_sequence
+from vllm_tova.patches.wrap import wrap
 
 CUSTOM = AttentionBackendEnum.CUSTOM
 
 logger = init_logger("vllm.tova")
 
-_ORIGINAL = EngineArgs.create_engine_config
-
 
 def apply() -> None:
-    if getattr(EngineArgs.create_engine_config, "_vllm_tova", False):
-        return
+    wrap(
+        EngineArgs,
+        "create_engine_config",
+        "(self, usage_context=None, headless=False)",
+        _create_engine_config,
+    )
 
-    @functools.wraps(_ORIGINAL)
-    def create_engine_config(self: EngineArgs, *args, **kwargs) -> VllmConfig:
-        settings = TovaConfig.from_additional_config(self.additional_config)
-        if not settings.enabled:
-            return _ORIGINAL(self, *args, **kwargs)
-        _prepare_args(self, settings)
-        user_chose_graphs = _user_chose_capture_sizes(self)
-        config = _ORIGINAL(self, *args, **kwargs)
-        if current_platform.is_cuda() and not user_chose_graphs and _raise_capture_size(self, config):
-            config = _ORIGINAL(self, *args, **kwargs)  # vLLM derives the capture list itself
-        _check_config(config, settings)
-        _adjust_config(config)
-        _log_startup(config, settings)
-        if current_platform.is_cuda():
-            _warn_uncaptured_batches(config)
-        return config
 
-    create_engine_config._vllm_tova = True  # type: ignore[attr-defined]
-    EngineArgs.create_engine_config = create_engine_config
+def _create_engine_config(original, self: EngineArgs, *args, **kwargs) -> VllmConfig:
+    settings = TovaConfig.from_additional_config(self.additional_config)
+    if not settings.enabled:
+        return original(self, *args, **kwargs)
+    _prepare_args(self, settings)
+    user_chose_graphs = _user_chose_capture_sizes(self)
+    config = original(self, *args, **kwargs)
+    if current_platform.is_cuda() and not user_chose_graphs and _raise_capture_size(self, config):
+        config = original(self, *args, **kwargs)  # vLLM derives the capture list itself
+    _check_config(config, settings)
+    _adjust_config(config)
+    _log_startup(config, settings)
+    if current_platform.is_cuda():
+        _warn_uncaptured_batches(config)
+    return config
 
 
 def _prepare_args(args: EngineArgs, settings: TovaConfig) -> None:
@@ -100,7 +99,9 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
             f"{label(POLICY_KEY)}={settings.policy} does not support {', '.join(refused)}; "
             f"remove {flag(POLICY_KEY)} or those settings."
         )
-    settings.validate_against(config.cache_config.block_size, sched.max_num_batched_tokens)
+    settings.validate_against(
+        config.cache_config.block_size, sched.max_num_batched_tokens, sched.max_num_seqs, model.max_model_len
+    )
     threshold = sched.long_prefill_token_threshold
     if 0 < threshold < settings.prefill_chunk:
         raise ValueError(
@@ -187,8 +188,8 @@ def _raise_capture_size(args: EngineArgs, config: VllmConfig) -> bool:
 
 def uncaptured_batch_warning(max_num_seqs: int, max_capture_size: int | None, graphs_on: bool) -> str | None:
     """Why large batches may be slow when the user capped the capture size below
-    ``max_num_seqs`` (vllm-tova leaves a chosen size alone). Measured on an H200 (README,
-    "Where the step time goes"): batch 640 took 62 ms per step of which 27 ms ran on the GPU."""
+    ``max_num_seqs`` (vllm-tova leaves a chosen size alone). Measured on an H200
+    (benchmarks/results/kernels/README.md, "Where the step time goes"): batch 640 took 62 ms per step of which 27 ms ran on the GPU."""
     if raised_capture_size(max_num_seqs, max_capture_size, graphs_on) is None:
         return None
     return (
