@@ -37,6 +37,9 @@ def test_misspelled_request_keys_are_refused_with_the_closest_key() -> None:
     with pytest.raises(ValueError, match=r"key 'kv_budgets' .* did you mean 'kv_budget'\?"):
         check_extra_args({"kv_budgets": 128}, TovaConfig())  # stock engines refuse them as well
     check_extra_args({"kv_budget": 128, "my_plugin_key": 1}, settings)
+    # vLLM's own kv_* request key (disaggregated prefill, LMCache) passes, stock or TOVA.
+    check_extra_args({"kv_transfer_params": {"do_remote_prefill": True}}, settings)
+    check_extra_args({"kv_transfer_params": None}, TovaConfig())
 
 
 def test_beam_search_is_refused_only_with_a_policy() -> None:

@@ -114,10 +114,16 @@ def starvation_free_chunk(max_num_batched_tokens: int, max_num_seqs: int) -> int
     return max_num_batched_tokens - (max_num_seqs - 1)
 
 
+#: ``kv_*`` keys that vLLM itself puts in a request's ``extra_args`` (disaggregated prefill,
+#: LMCache and NIXL read ``kv_transfer_params`` there): never ours to refuse.
+VLLM_KEYS = frozenset({"kv_transfer_params"})
+
+
 def check_known_keys(settings: Mapping[str, Any], where: str) -> None:
-    """Refuse a ``kv_*`` key that is not one of ``KEYS``, suggesting the closest one."""
+    """Refuse a ``kv_*`` key that is not one of ``KEYS`` (nor vLLM's own), suggesting the
+    closest one."""
     for key in settings:
-        if isinstance(key, str) and key.startswith(KEY_PREFIX) and key not in KEYS:
+        if isinstance(key, str) and key.startswith(KEY_PREFIX) and key not in KEYS and key not in VLLM_KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(
