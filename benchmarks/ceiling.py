@@ -65,7 +65,7 @@ class DeviceRates:
 class ModelCost:
     """Per-token costs of a Llama-style decoder, from its config.json."""
 
-    weight_bytes: int  # every weight, read once per step
+    weight_bytes: int  # every weight a step reads in full (the embedding table is only indexed)
     kv_bytes_per_token: int  # K and V of one cached token, all layers
     flops_per_token: int  # 2 x parameters touched per token (embedding lookup excluded)
     attn_flops_per_context_token: int  # QK^T and PV for one query against one cached token
@@ -81,9 +81,8 @@ class ModelCost:
         kv_itemsize = KV_ITEMSIZE[kv_cache_dtype] or itemsize
         per_layer = hidden * (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden + 3 * hidden * inter
         params = layers * per_layer + vocab * hidden  # + the LM head
-        embeddings = 0 if cfg.get("tie_word_embeddings") else vocab * hidden
         return cls(
-            weight_bytes=(params + embeddings) * itemsize,
+            weight_bytes=params * itemsize,
             kv_bytes_per_token=2 * layers * kv_heads * head_dim * kv_itemsize,
             flops_per_token=2 * params,
             attn_flops_per_context_token=4 * layers * heads * head_dim,

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     params = SamplingParams(max_tokens=args.gen_len, temperature=0, ignore_eos=True)
     engine = dict(
         dtype="float32", block_size=BLOCK_SIZE, max_model_len=2048, enforce_eager=True, seed=0,
-        disable_log_stats=False, max_num_batched_tokens=1024, max_num_seqs=num_requests,
+        disable_log_stats=False, max_num_batched_tokens=max(1024, 256 + num_requests - 1), max_num_seqs=num_requests,
         kv_cache_memory_bytes=pool_blocks * kv_block_bytes(model, "float32", BLOCK_SIZE),
         additional_config=additional_config("tova", args.budget, 256),
     )  # fmt: skip

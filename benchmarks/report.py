@@ -93,7 +93,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         groups.setdefault((r["workload"], r["system"], int(r["num_requests"])), []).append(r)
     out = []
     for (workload, system, n), runs in groups.items():
-        good = [r for r in runs if r["status"] in ("finished", "steady")]
+        good = [r for r in runs if r["status"] in ("finished", "steady", "early-decode")]
         entry = {"workload": workload, "system": system, "num_requests": n, "runs": len(good),
                  "status": runs[-1]["status"], "detail": runs[-1].get("detail", ""), "first": runs[0]}  # fmt: skip
         if good:

@@ -326,6 +326,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for workload in workloads:
                 prompt = _prompt_fn(workload, model.vocab_size, args.seed)
                 cap = capacity(system, workload, pool_blocks, args.block_size)
+                if cap < 1:
+                    raise SystemExit(f"{system.label}: the KV pool ({pool_blocks} blocks) holds no full "
+                                     f"{workload.seq_len}-token sequence; give it more --kv-pool-tokens")
                 if args.protocol == "completion":
                     sizes = request_counts(args, workload, stock_blocks)
                 else:

@@ -153,7 +153,8 @@ def run(args: argparse.Namespace, dtype: str, log: Path) -> tuple[list[Row], lis
             block_size=BLOCK_SIZE,
             max_model_len=args.prompt_len + args.gen_len,
             max_num_seqs=args.requests,
-            max_num_batched_tokens=max(512, args.prefill_chunk),
+            # Room for a whole chunk beside every other request's decode token (the plugin's bound).
+            max_num_batched_tokens=max(512, args.prefill_chunk + args.requests - 1),
             kv_cache_memory_bytes=pool_blocks * kv_block_bytes(model, dtype, BLOCK_SIZE),
             enforce_eager=True,  # compiling costs more start-up time than it saves here
             disable_log_stats=False,
