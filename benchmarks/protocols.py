@@ -26,7 +26,7 @@ from benchmarks.engine_run import EngineRun, Window
 from benchmarks.workloads import Workload
 
 #: A steady window whose mean sequence length is further than this from the workload's
-#: expected mean is not steady state (the issue's bound).
+#: expected mean is not steady state.
 CONTEXT_TOLERANCE = 0.10
 
 

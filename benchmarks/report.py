@@ -170,7 +170,8 @@ def completion_markdown(rows: Sequence[dict]) -> str:
 
 
 def targets(rows: Sequence[dict], best: dict[tuple[str, str], dict]) -> list[str]:
-    """The throughput issue's targets, computed from the measured rows (nothing assumed)."""
+    """The project's throughput targets (``TARGETS``, ``SHORT_TARGET``, ``CEILING_TARGET``),
+    computed from the measured rows (nothing assumed)."""
     model = rows[0]["model"] if rows else ""
     out = ["Targets (run to completion, each system at its best N):", ""]
     for (name, system, base), goal in TARGETS.items():

@@ -1,8 +1,9 @@
-"""Throughput of stock vLLM against vLLM + TOVA on one KV pool, per DESIGN.md §7.
+"""Throughput of stock vLLM against vLLM + TOVA on one KV pool.
 
 ``python -m benchmarks.throughput`` (defaults suit one H100: Llama-3-8B shape, dummy weights,
-the paper workload, run to completion) or, on a CPU,
-``python -m benchmarks.throughput --model tiny-llama --scale 16 --kv-pool-tokens 2048``.
+the paper workload, run to completion) or, on a CPU, ``python -m benchmarks.throughput
+--model tiny-llama --scale 16 --systems stock,tova:64 --prefill-chunk 32 --kv-pool-tokens 2048``
+(at 1/16 of the lengths a sequence is 256 tokens, so K=512 would never evict).
 
 Protocols (``--protocol``):
 * ``completion`` (default): the same N requests go to every system, submitted at once and run

@@ -141,7 +141,9 @@ class Outcome:
 
     @property
     def caught(self) -> bool:
-        return bool(self.failures)
+        """A test failed on the mutant; an error that stops pytest itself (collection,
+        import) proves nothing about the tests and is not a catch."""
+        return any(line.startswith("FAILED ") for line in self.failures)
 
 
 def copy_tree(dest: Path) -> None:

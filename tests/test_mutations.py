@@ -8,6 +8,12 @@ import pytest
 from tests.mutations import MUTANTS, Mutant, run
 
 
+def test_unmutated_tree_passes_the_fast_tests() -> None:
+    """Without it a mutant 'caught' could be a tree whose tests fail anyway."""
+    outcome = run(None)
+    assert not outcome.failures and " passed" in outcome.summary, outcome.summary
+
+
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name.split(" (")[0].replace(" ", "-") + f"-{i}" for i, m in enumerate(MUTANTS)])
 def test_mutant_is_caught(mutant: Mutant) -> None:
     outcome = run(mutant)

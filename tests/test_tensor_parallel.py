@@ -47,8 +47,9 @@ def test_every_rank_evicts_the_same_entries_at_every_step(tp_run) -> None:
     prompts, runs = tp_run
     for prompt, (_, logs) in zip(prompts, runs):
         assert len(logs) == RANKS
-        # Prompt chunks log the kept indices per layer, decode steps the evicted index.
-        assert sum(1 for d in logs[0] if d >= 0) > 30 * (GENERATED - 1)
+        # What the logs hold (every pass, every layer) is replayed against the reference in
+        # the next test; here the ranks must agree entry for entry.
+        assert logs[0], "rank 0 logged no eviction decision"
         for rank, log in enumerate(logs[1:], start=1):
             assert log == logs[0], f"prompt {len(prompt)}: rank {rank} disagrees with rank 0"
 
@@ -62,4 +63,4 @@ def test_tensor_parallel_follows_reference(tp_run, model_path: Path) -> None:
         for rank, log in enumerate(logs):
             kept = replay_log(log, len(prompt), CHUNK, BUDGET, GENERATED, layers)
             report = check_against_reference(f"TP={RANKS} rank {rank} K={BUDGET} prompt={len(prompt)}", out, expected, kept)
-        print(report)
+            print(report)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from vllm_tova.install_check import require_plugin_installed
 from vllm_tova.policy import POLICIES
 
-#: Keys read from ``additional_config`` (the CLI flags of the serving issue map onto them).
+#: Keys read from ``additional_config`` (the ``--kv-*`` CLI flags map onto them).
 POLICY_KEY = "kv_policy"
 BUDGET_KEY = "kv_budget"
 CHUNK_KEY = "kv_prefill_chunk"

@@ -1,6 +1,6 @@
 """Reference KV eviction on HF transformers: the oracle every vLLM path is tested against.
 
-Written from the definitions (DESIGN.md §2; TOVA, arXiv 2401.06104 §3.3), independent of the
+Written from the definitions (README "How it works"; TOVA, arXiv 2401.06104 §3.3), independent of the
 vLLM backends and of ``vllm_tova.policy``: a mistake in the backends' shared policy code must
 not be repeated here. It simply concatenates and slices tensors, one sequence at a time, in
 float32 eager attention:

@@ -64,10 +64,10 @@ def wrap(owner: Any, name: str, expected: str, wrapper: Callable[..., Any]) -> N
     ``expected`` is the original's signature (``self`` or ``cls`` included); the descriptor
     kind (plain, staticmethod, classmethod) is kept.
     """
-    raw = inspect.getattr_static(owner, name)
-    if getattr(unwrap_descriptor(raw), MARKER, False):
+    raw = inspect.getattr_static(owner, name, None)
+    if raw is not None and getattr(unwrap_descriptor(raw), MARKER, False):
         return
-    original = unwrap_descriptor(check_signature(owner, name, expected))
+    original = unwrap_descriptor(check_signature(owner, name, expected))  # names a missing one
 
     @functools.wraps(original)
     def patched(*args: Any, **kwargs: Any) -> Any:
