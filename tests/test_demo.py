@@ -19,3 +19,16 @@ def test_dtype_follows_the_cpu_flags(tmp_path: Path) -> None:
     assert (model, native_dtype(flags)) == ("Intel Xeon", "bfloat16")
     assert native_dtype({"avx512f", "avx2"}) == "float32"  # AVX-512 without BF16: emulated
     assert cpu_info(str(tmp_path / "absent"))[1] == set()
+
+
+def test_importing_the_demo_leaves_vllm_logging_alone() -> None:
+    """The demo quiets vLLM when it runs; an import must not quiet the servers that later
+    tests start in the same session, whose start-up log they read."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    probe = "import os, vllm_tova.demo; print(os.environ.get('VLLM_LOGGING_LEVEL'))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"

@@ -29,11 +29,6 @@ from typing import Any
 
 from vllm_tova import assets
 
-# vLLM is imported inside ``quiet``, with its logger at WARNING (it reads the level once):
-# the screen gets the set-up line, the table and the sample; the rest goes to a log file.
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # see tests/conftest.py
-
 BLOCK_SIZE = 32
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "demo"
 #: CPU flags that decide the dtype and the speed of the kernels vLLM's CPU build uses.
@@ -216,6 +211,11 @@ def write_record(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # vLLM is imported inside ``quiet``, with its logger at WARNING (it reads the level once):
+    # the screen gets the set-up line, the table and the sample; the rest goes to a log file.
+    # Set here, not at import, so importing this module leaves other users' vLLM logging alone.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # see tests/conftest.py
     args = _parse(argv)
     cpu, flags = cpu_info()
     dtype = native_dtype(flags) if args.dtype == "auto" else args.dtype
