@@ -52,6 +52,12 @@ def prompt_attention_pairs(prompt_len: int, budget: int | None, chunk: int) -> i
     return pairs
 
 
+def attended_context(length: int, budget: int | None) -> int:
+    """K/V entries a token at sequence length ``length`` attends: all of them for stock vLLM,
+    at most K cached + itself under a budget."""
+    return length if budget is None else min(length, budget + 1)
+
+
 def time_weighted_mean(samples: list[tuple[float, int]], start: float, end: float) -> float:
     """Mean of a step function given by (time, value) samples, over [start, end]."""
     total, acc = 0.0, 0.0
@@ -191,7 +197,7 @@ class EngineRun:
                     length = req.prompt_len + req.generated
                     w.decode_tokens += 1
                     w.logical_context += length
-                    kv_read += length if self.budget is None else min(length, self.budget + 1)
+                    kv_read += attended_context(length, self.budget)
                 req.generated += 1
             w.gen_tokens += n
             if out.finished:

@@ -40,7 +40,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.ceiling import DeviceRates, ModelCost, binding_term
 from benchmarks.closed_loop import run_closed_loop
-from benchmarks.engine_run import Window
+from benchmarks.engine_run import Window, attended_context
 from benchmarks.presets import ModelChoice, resolve_model
 from benchmarks.protocols import Outcome, run_steady, run_to_completion
 from benchmarks.workloads import WORKLOADS, Workload, random_prompts, scaled
@@ -259,7 +259,7 @@ def lower_bound_seconds(
         tally.add_step(batch * workload.prompt_len, 0)
         for g in range(1, workload.gen_len):
             length = workload.prompt_len + g
-            tally.add_step(batch, batch * (length if budget is None else min(length, budget + 1)))
+            tally.add_step(batch, batch * attended_context(length, budget))
     return tally.predict(cost, rates)
 
 
