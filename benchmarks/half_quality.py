@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks import half_report
-from benchmarks.half_stats import BASELINE_DTYPE, Config, compare, reference_agrees, reference_checks
+from benchmarks.half_stats import BASELINE_DTYPE, Config, compare, reference_checks
 from benchmarks.job_pool import Job, Outcome, run_jobs
 from benchmarks.perplexity import RESULTS, load_windows
 from benchmarks.ppl_job import command, read_result, read_windows, result_name, write_windows
@@ -123,7 +123,7 @@ def run_all(args: argparse.Namespace, model: str, work: Path, configs: list[Conf
         meta.write_text(json.dumps({"device": device, "vllm": vllm.__version__, "torch": torch.__version__,
                                     "date": str(datetime.date.today()), "commit": _commit()}))  # fmt: skip
     todo = [c for c in configs if not (work / result_name(c)).exists()]
-    jobs_at_once = args.jobs or ((os.cpu_count() or 1) if on_gpu else 1)
+    jobs_at_once = args.jobs or (len(os.sched_getaffinity(0)) if on_gpu else 1)
     memory = SHARED_GPU_MEMORY_UTILIZATION if on_gpu else None
     jobs = [
         Job(result_name(c), command(model, c, work / "windows.json", work / result_name(c), memory),
@@ -144,7 +144,7 @@ def run_all(args: argparse.Namespace, model: str, work: Path, configs: list[Conf
         if outcome.returncode:
             print("    " + "\n    ".join(outcome.job.log.read_text().splitlines()[-15:]), flush=True)
 
-    run_jobs(jobs, jobs_at_once, deadline, job_environment(on_gpu), report)
+    run_jobs(jobs, jobs_at_once, deadline, job_environment(on_gpu), report, stagger=0.5 if on_gpu else 0.0)
     print(f"all runs: {time.monotonic() - start:.0f} s", flush=True)
 
 
@@ -156,13 +156,14 @@ def _commit() -> str:
         return "unknown"
 
 
-def load_runs(work: Path, windows: list[Window]) -> dict[Config, list[Scored]]:
-    runs = {}
+def load_runs(work: Path, windows: list[Window]) -> tuple[dict[Config, list[Scored]], dict[Config, float]]:
+    """Every finished configuration's scores, and the seconds its scoring took."""
+    runs, seconds = {}, {}
     for path in sorted(work.glob("*.json")):
         if path.name not in ("windows.json", "run.json"):
-            config, scored, _ = read_result(path, windows)
-            runs[config] = scored
-    return runs
+            config, scored, took = read_result(path, windows)
+            runs[config], seconds[config] = scored, took
+    return runs, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,47 +180,26 @@ def main(argv: list[str] | None = None) -> int:
     configs = plan(args)
     if not args.report_only:
         run_all(args, model, work, configs)
-    runs = load_runs(work, windows)
+    runs, seconds = load_runs(work, windows)
     rows, unpaired = compare(runs)
     checks = reference_checks(runs)
-    missing = [c for c in configs if c not in runs]
     meta = json.loads((work / "run.json").read_text())
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"half-precision-{name}-{device_slug(meta['device'])}"
     half_report.write_rows(rows, checks, name, meta["device"], stem.with_suffix(".csv"))
-    failed = [r for r in rows if not r.passed] + [c for c in checks if not reference_agrees(c)]
-    outcome = "PASS" if not failed and not missing else "FAIL"
-    tokens = sum(len(w.ids) - 1 for w in windows)
-    page = "\n".join([
-        f"# bf16 and fp16 against fp32: {name} on {meta['device']}",
-        "",
-        f"- command: `python -m benchmarks.half_quality {shlex.join(sys.argv[1:] if argv is None else argv)}`",
-        f"- device: {meta['device']}; vLLM {meta['vllm']}, torch {meta['torch']}; commit {meta['commit']}; {meta['date']}",
-        f"- windows: {len(windows)} x {args.seq_len} tokens ({', '.join(args.texts)}; {args.windows} per text), "
-        f"{tokens:,} predicted tokens per configuration; prompts in chunks of one token (C=1) under a policy, "
-        "so each token is predicted from the already-evicted cache; the full cache is stock vLLM",
-        "- float32 side: the vLLM engine in float32 on the same device, same windows",
-        f"- {half_report.bounds_text()}",
-        f"- outcome: **{outcome}** ({len(rows) - len([r for r in rows if not r.passed])}/{len(rows)} rows within "
-        f"bounds; reference checks {sum(map(reference_agrees, checks))}/{len(checks)}"
-        + (f"; not finished: {', '.join(result_name(c)[:-5] for c in missing)}" if missing else "")
-        + (f"; no float32 twin: {', '.join(result_name(c)[:-5] for c in unpaired)}" if unpaired else "")
-        + ")",
-        "",
-        "The float32 engine against the HF reference (`vllm_tova/reference.py`, float32, one token per step):",
-        "",
-        *(half_report.reference_lines(checks) or ["- not run"]),
-        "",
-        "Half precision against the float32 engine, per token (|Δ| = |logprob(half) - logprob(fp32)|, nats):",
-        "",
-        half_report.agreement_table(rows),
-        "Perplexity by dtype:",
-        "",
-        half_report.perplexity_grids(runs, name, args.seq_len),
-    ])  # fmt: skip
+    setup = (
+        f"{len(windows)} x {args.seq_len} tokens ({', '.join(args.texts)}; {args.windows} per text), "
+        f"{sum(len(w.ids) - 1 for w in windows):,} predicted tokens per configuration"
+    )
+    command = "python -m benchmarks.half_quality " + shlex.join(sys.argv[1:] if argv is None else argv)
+    missing = [result_name(c)[:-5] for c in configs if c not in runs]
+    unpaired_names = [result_name(c)[:-5] for c in unpaired]
+    timings = {result_name(c)[:-5]: seconds[c] for c in configs if c in seconds}
+    page, passed = half_report.page(name, meta, command, setup, rows, checks, missing + unpaired_names, timings)
+    page += "\n" + half_report.perplexity_grids(runs, name, args.seq_len)
     stem.with_suffix(".md").write_text(page)
     print(page)
-    return 0 if outcome == "PASS" else 1
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def reference_lines(checks: Sequence[Agreement]) -> list[str]:
 
 def perplexity_grids(runs: dict[Config, list[Scored]], model: str, seq_len: int) -> str:
     """Per dtype, ppl by policy and K (the vLLM runs), in ppl_report's layout."""
-    parts = []
+    parts = ["Perplexity by dtype:\n"]
     for dtype in sorted({c.dtype for c in runs if c.engine == "vllm"}):
         rows = [
             Row(model=model, text="all", seq_len=seq_len, policy=c.policy, budget=c.budget, engine="vllm",
@@ -110,3 +110,45 @@ def bounds_text() -> str:
         f"|Δ| is reported, not judged: —). The float32 engine must match the HF reference within "
         f"{REFERENCE_BOUND:.1%} of perplexity."
     )
+
+
+def page(
+    model: str,
+    meta: dict,
+    command: str,
+    setup: str,
+    rows: Sequence[Agreement],
+    checks: Sequence[Agreement],
+    unfinished: Sequence[str],
+    timings: dict[str, float],
+) -> tuple[str, bool]:
+    """The markdown page, and whether the run passed: every row within its bounds, every
+    reference check in agreement, no configuration missing."""
+    passed = all(r.passed for r in rows) and all(map(reference_agrees, checks)) and not unfinished
+    within = sum(r.passed for r in rows)
+    lines = [
+        f"# bf16 and fp16 against fp32: {model} on {meta['device']}",
+        "",
+        f"- command: `{command}`",
+        f"- device: {meta['device']}; vLLM {meta['vllm']}, torch {meta['torch']}; commit {meta['commit']}; "
+        f"{meta['date']}",
+        f"- windows: {setup}; prompts in chunks of one token (C=1) under a policy, so each token is "
+        "predicted from the already-evicted cache; the full cache is stock vLLM",
+        "- float32 side: the vLLM engine in float32 on the same device, same windows",
+        f"- {bounds_text()}",
+        f"- outcome: **{'PASS' if passed else 'FAIL'}** ({within}/{len(rows)} rows within bounds; reference "
+        f"checks {sum(map(reference_agrees, checks))}/{len(checks)}"
+        + (f"; not finished or without a float32 twin: {', '.join(unfinished)}" if unfinished else "")
+        + ")",
+        "- scoring seconds per configuration (engine start excluded): "
+        + ", ".join(f"{name} {s:.0f}" for name, s in timings.items()),
+        "",
+        "The float32 engine against the HF reference (`vllm_tova/reference.py`, float32, one token per step):",
+        "",
+        *(reference_lines(checks) or ["- not run"]),
+        "",
+        "Half precision against the float32 engine, per token (|Δ| = |logprob(half) - logprob(fp32)|, nats):",
+        "",
+        agreement_table(rows),
+    ]
+    return "\n".join(lines), passed

@@ -32,17 +32,22 @@ class Outcome:
     seconds: float
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+def _stop_all(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM every job's process group, then SIGKILL the groups still alive after ``grace``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        if all(proc.poll() is not None for proc in procs):
             return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def run_jobs(
@@ -51,9 +56,13 @@ def run_jobs(
     deadline: float | None = None,
     env: Mapping[str, str] | None = None,
     on_done: Callable[[Outcome], None] | None = None,
+    stagger: float = 0.0,
 ) -> list[Outcome]:
-    """Start jobs in order, at most ``parallel`` at once; ``deadline`` is a time.monotonic()."""
+    """Start jobs in order, at most ``parallel`` at once and ``stagger`` seconds apart (engines
+    starting at the same instant contend for the same ports and imports); ``deadline`` is a
+    time.monotonic()."""
     pending, running, done = list(jobs), [], []
+    last_start = -float("inf")
 
     def finish(outcome: Outcome) -> None:
         done.append(outcome)
@@ -63,14 +72,15 @@ def run_jobs(
     while pending or running:
         now = time.monotonic()
         if deadline is not None and now >= deadline:
+            _stop_all([proc for _, proc, _, _ in running])
             for job, proc, started, log in running:
-                _stop(proc)
                 log.close()
                 finish(Outcome(job, None, now - started))
             for job in pending:
                 finish(Outcome(job, None, 0.0))
             break
-        while pending and len(running) < parallel:
+        while pending and len(running) < parallel and time.monotonic() - last_start >= stagger:
+            last_start = time.monotonic()
             job = pending.pop(0)
             log = job.log.open("w")
             proc = subprocess.Popen(
@@ -85,5 +95,5 @@ def run_jobs(
                 log.close()
                 finish(Outcome(job, proc.returncode, time.monotonic() - started))
         running = still
-        time.sleep(0.5)
+        time.sleep(min(0.5, stagger) if stagger else 0.5)
     return done
