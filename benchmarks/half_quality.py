@@ -5,7 +5,8 @@ Every window is scored as a prompt in chunks of one token (C=1), so each token i
 from the cache as already evicted (the full cache runs stock vLLM). For each (dtype, policy,
 K) one engine scores all windows in one batch; the float32 side is the vLLM engine in
 float32 on the same device, and the HF reference (``vllm_tova/reference.py``, float32)
-re-scores the first ``--reference-windows`` windows of TOVA at the smallest K to check it.
+re-scores the first ``--reference-tokens`` tokens of the first ``--reference-windows`` windows
+of TOVA at the smallest K to check it.
 Engines run side by side, one process each (``benchmarks/ppl_job.py``), most important first
 (the reference, TOVA, the full cache, then the baselines); ``--time-limit`` stops the rest
 and still reports what finished, and a rerun with the same ``--work-dir`` resumes.
@@ -59,6 +60,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    choices=[*POLICIES, FULL])  # fmt: skip
     p.add_argument("--dtypes", nargs="+", default=list(HALF_DTYPES), choices=HALF_DTYPES)
     p.add_argument("--reference-windows", type=int, default=1, help="windows the HF reference re-scores (0: none)")
+    p.add_argument(
+        "--reference-tokens",
+        type=int,
+        default=512,
+        help="tokens of each such window it scores (teacher-forced, a window's first tokens do not "
+        "depend on the rest); one step per token in HF eager, the slowest run of the grid",
+    )
     p.add_argument("--jobs", type=int, default=None, help="engines at once (default: CPU cores on a GPU host, else 1)")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; then stop and report what finished")
     p.add_argument("--work-dir", type=Path, default=None, help="per-configuration results (default: a new temp dir)")
@@ -108,6 +116,8 @@ def prepare(args: argparse.Namespace, model: str, work: Path) -> list[Window]:
             sys.exit(f"{work} holds results for other windows: use another --work-dir")
     else:
         write_windows(windows, path)
+    checked = [Window(w.text, w.index, w.ids[: args.reference_tokens]) for w in windows[: args.reference_windows]]
+    write_windows(checked, work / "windows-reference.json")
     return windows
 
 
@@ -125,8 +135,9 @@ def run_all(args: argparse.Namespace, model: str, work: Path, configs: list[Conf
     todo = [c for c in configs if not (work / result_name(c)).exists()]
     jobs_at_once = args.jobs or (len(os.sched_getaffinity(0)) if on_gpu else 1)
     memory = SHARED_GPU_MEMORY_UTILIZATION if on_gpu else None
+    inputs = {"vllm": work / "windows.json", "reference": work / "windows-reference.json"}
     jobs = [
-        Job(result_name(c), command(model, c, work / "windows.json", work / result_name(c), memory),
+        Job(result_name(c), command(model, c, inputs[c.engine], work / result_name(c), memory),
             work / result_name(c).replace(".json", ".log"))  # fmt: skip
         for c in todo
     ]
@@ -160,7 +171,7 @@ def load_runs(work: Path, windows: list[Window]) -> tuple[dict[Config, list[Scor
     """Every finished configuration's scores, and the seconds its scoring took."""
     runs, seconds = {}, {}
     for path in sorted(work.glob("*.json")):
-        if path.name not in ("windows.json", "run.json"):
+        if not path.name.startswith(("windows", "run.json")):
             config, scored, took = read_result(path, windows)
             runs[config], seconds[config] = scored, took
     return runs, seconds

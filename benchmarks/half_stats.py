@@ -133,14 +133,18 @@ def compare(runs: Mapping[Config, Sequence[Scored]]) -> tuple[list[Agreement], l
 
 def reference_checks(runs: Mapping[Config, Sequence[Scored]]) -> list[Agreement]:
     """The vLLM engine against every reference run of the same settings, on the reference's
-    windows (a prefix of the engine's)."""
+    windows (the engine's first ones) and tokens: the reference may score only each window's
+    first tokens, which, teacher-forced and causal, the rest of the window does not change."""
     rows = []
     for config, theirs in runs.items():
         engine = config._replace(engine="vllm")
         if config.engine != "reference" or engine not in runs:
             continue
         scored = {(s.window.text, s.window.index): s for s in runs[engine]}
-        ours = [scored[(s.window.text, s.window.index)] for s in theirs]
+        ours = [
+            Scored.from_logprobs(s.window, list(scored[(s.window.text, s.window.index)].logprobs[: s.tokens]))
+            for s in theirs
+        ]
         rows.append(agreement(engine, ours, theirs, f"reference {config.dtype}"))
     return rows
 

@@ -104,3 +104,8 @@ def test_reference_check_uses_the_reference_windows_of_the_same_settings() -> No
     assert check.ppl_base == pytest.approx(math.exp(1.001)) and reference_agrees(check)
     runs[Config("float32", "tova", 128, "reference")] = scored([-1.01] * 5)  # ppl 1.0% apart
     assert not reference_agrees(reference_checks(runs)[0])
+    # A reference that scored a window's first tokens only is compared on those tokens.
+    runs[Config("float32", "tova", 128)] = scored([-1.0, -1.0, -7.0, -7.0, -7.0], [-2.0] * 5)
+    runs[Config("float32", "tova", 128, "reference")] = scored([-1.0, -1.002])
+    (check,) = reference_checks(runs)
+    assert check.tokens == 2 and check.max_delta == pytest.approx(0.002) and reference_agrees(check)
