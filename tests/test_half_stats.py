@@ -109,3 +109,19 @@ def test_reference_check_uses_the_reference_windows_of_the_same_settings() -> No
     runs[Config("float32", "tova", 128, "reference")] = scored([-1.0, -1.002])
     (check,) = reference_checks(runs)
     assert check.tokens == 2 and check.max_delta == pytest.approx(0.002) and reference_agrees(check)
+
+
+def test_page_prints_each_rows_verdict_and_fails_on_any_row_or_missing_run() -> None:
+    from benchmarks.half_report import agreement_table, page
+
+    rows = [_agreement(100.5, 100.0, 0.01), _agreement(102.0, 100.0, 0.01), _agreement(100.0, 100.0, 0.2, "h2o")]
+    lines = agreement_table(rows).splitlines()[2:]
+    assert lines[0].endswith("| +0.500% | 0.0100 | 0.0000 | 0.0000 | pass | pass |")
+    assert lines[1].endswith("| FAIL | pass |") and lines[2].endswith("| pass | — |")
+    meta = dict(device="cpu", vllm="0", torch="0", commit="x", date="today")
+    args = ("m", meta, "cmd", "1 x 64 tokens")
+    assert page(*args, rows[::2], [], [], {})[1]
+    assert not page(*args, rows, [], [], {})[1]
+    assert not page(*args, rows[::2], [], ["vllm-float16-tova-k128"], {})[1]
+    text, _ = page(*args, rows[::2], [], ["vllm-float16-tova-k128"], {})
+    assert "**FAIL**" in text and "vllm-float16-tova-k128" in text
