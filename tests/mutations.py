@@ -131,6 +131,40 @@ REFERENCE_MUTANTS = [
     ),
 ]
 
+#: The half-precision table's statistics and verdicts (benchmarks/half_stats.py), pinned by
+#: their unit tests (record only, as the reference's).
+HALF_STATS = ("tests/test_half_stats.py",)
+HALF_STATS_MUTANTS = [
+    Mutant(
+        "half precision: p99 |Δ| computed as the max",
+        "benchmarks/half_stats.py",
+        "return float(np.quantile(values, 0.99))",
+        "return float(np.max(values))",
+        HALF_STATS,
+    ),
+    Mutant(
+        "half precision: Δ logprob not absolute",
+        "benchmarks/half_stats.py",
+        "parts.append(np.abs(np.asarray(a.logprobs, dtype=np.float64) - np.asarray(b.logprobs, dtype=np.float64)))",
+        "parts.append(np.asarray(a.logprobs, dtype=np.float64) - np.asarray(b.logprobs, dtype=np.float64))",
+        HALF_STATS,
+    ),
+    Mutant(
+        "half precision: compared against the wrong dtype's rows",
+        "benchmarks/half_stats.py",
+        "twin = config._replace(dtype=BASELINE_DTYPE)",
+        'twin = config._replace(dtype="float16")',
+        HALF_STATS,
+    ),
+    Mutant(
+        "half precision: perplexity gap judged one-sided",
+        "benchmarks/half_stats.py",
+        "return abs(self.ppl_gap) <= PPL_BOUND",
+        "return self.ppl_gap <= PPL_BOUND",
+        HALF_STATS,
+    ),
+]
+
 
 @dataclass
 class Outcome:
@@ -243,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RECORD)
     args = parser.parse_args(argv)
     outcomes = []
-    for mutant in [None, *MUTANTS, *REFERENCE_MUTANTS]:
+    for mutant in [None, *MUTANTS, *REFERENCE_MUTANTS, *HALF_STATS_MUTANTS]:
         outcome = run(mutant)
         name = "unmutated tree" if mutant is None else mutant.name
         print(f"{name}: {'caught' if outcome.caught else 'not caught'} ({outcome.summary})", flush=True)

@@ -156,6 +156,15 @@ def test_matches_reference_and_isolation(
 #: the reference's top-2 logit margin below which rounding may flip a greedy choice.
 HALF_LOGPROB_TOLERANCE = 0.1
 HALF_LOGIT_TIE = 0.25
+#: Ours must hold the float32 reference's tokens at least as long as the reference itself run
+#: in the same dtype, less this many tokens. Two runs of one dtype round differently (vLLM's
+#: fused kernels and the Triton attention against HF's eager ops), so at a near-tie of the
+#: float32 reference either may flip first, and from a flip on the texts differ. 8 tokens (4%
+#: of the 200) lets ours depart at a near-tie a few tokens before the reference's own
+#: departure (the 310-token bf16 prompt's records: 1 against 2), while a kernel that loses
+#: precision, departing tens of tokens early where the reference in the same dtype holds all
+#: 200 (the 1,500-token prompt), fails.
+HALF_AGREEMENT_SLACK = 8
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -164,8 +173,9 @@ def test_half_precision_agreement(dtype: str, model_path: Path, reference_prompt
     the reference's eviction scores are near-ties (the weakest entries differ by ~1e-6) and
     some greedy choices are too (margins of 0.04 logits on the 310-token prompt), which
     rounding flips. What must hold: logprobs on the shared prefix within the tolerance, and
-    the first departure at a near-tie of the reference. The agreement is stated beside the
-    reference's own, run in the same dtype, as the precision baseline."""
+    the first departure at a near-tie of the reference, and no earlier (beyond
+    HALF_AGREEMENT_SLACK tokens) than the reference's own departure when it runs in the same
+    dtype: the precision baseline."""
     params = SamplingParams(max_tokens=NUM_GENERATED, temperature=0, logprobs=1, ignore_eos=True)
     config = dict(GPU_DEFAULTS, dtype=dtype, additional_config=tova(BUDGET, CHUNK))
     with model_runner("v2"), open_llm(str(model_path), **config) as llm:
@@ -180,10 +190,15 @@ def test_half_precision_agreement(dtype: str, model_path: Path, reference_prompt
         margin = "none" if diff is None else f"{expected.logit_margins[diff]:.3f}"
         print(
             f"[gpu] {dtype} K={BUDGET} prompt {len(prompt)}: identical prefix {agreed}/{NUM_GENERATED} "
-            f"(the reference in {dtype}: {baseline_agreed}/{NUM_GENERATED}), max |logprob diff| on "
-            f"the prefix {drift:.3f}, reference top-2 margin at the departure {margin}"
+            f"(the reference in {dtype}: {baseline_agreed}/{NUM_GENERATED}; ours must reach "
+            f"{baseline_agreed} - {HALF_AGREEMENT_SLACK}), max |logprob diff| on the prefix "
+            f"{drift:.3f}, reference top-2 margin at the departure {margin}"
         )
         assert drift <= HALF_LOGPROB_TOLERANCE, f"prompt {len(prompt)}: logprobs drift {drift:.3f}"
+        assert agreed >= baseline_agreed - HALF_AGREEMENT_SLACK, (
+            f"prompt {len(prompt)}: {agreed} tokens agree with the float32 reference, fewer than the "
+            f"reference's own {dtype} run ({baseline_agreed}) less {HALF_AGREEMENT_SLACK}"
+        )
         if diff is not None:
             assert expected.logit_margins[diff] < HALF_LOGIT_TIE, (
                 f"prompt {len(prompt)}: departs at step {diff}, where the reference's margin is {margin}"
