@@ -2,7 +2,9 @@
 
 On a machine without CUDA the kernels run in Triton's interpreter. TRITON_INTERPRET must be
 set before Triton is first imported (vLLM imports it), so there the cases run in a child
-Python started by the test; on a GPU they run in-process on the compiled kernels.
+Python started by the test; on a GPU they run in-process on the compiled kernels. The
+interpreter's float32 -> e4m3 conversion is wrong, so the child replaces it with a correct
+one (tests/triton_interpreter.py): the FP8 kernels' own code runs unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+if INTERPRETED:
+    from tests.triton_interpreter import correct_fp8_conversion
+
+    correct_fp8_conversion()
+
+E4M3_MAX = 448.0
+
+
+def emulated_fp8(values: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's per-tensor FP8 KV format, written here independently of vllm_tova: the cache
+    bytes of ``values`` (value / scale in e4m3, saturated, round to nearest even) and the
+    float32 values those bytes stand for (stored * scale)."""
+    stored = (values.float().cpu() / scale.cpu()).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return stored.view(torch.uint8), stored.float() * scale.cpu()
 
 
 def torch_decode_step(query, key, value, key_cache, value_cache, block_table, seq_lens, budget, scale):
@@ -75,6 +91,48 @@ def test_decode_matches_torch(dtype, heads, kv_heads, head, budget, block_size, 
     assert evicted.cpu().tolist() == want_evicted.tolist()
     torch.testing.assert_close(case.key_cache.cpu(), want_k, atol=0, rtol=0)
     torch.testing.assert_close(case.value_cache.cpu(), want_v, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "dtype,heads,kv_heads,head,budget,block_size,splits",
+    [
+        (torch.float32, 8, 2, 32, 70, 16, 3),
+        (torch.float16, 9, 3, 64, 40, 16, 1),
+        (torch.bfloat16, 32, 8, 128, 256, 16, 4),  # Llama-3-8B heads; not in the interpreter
+    ],
+)
+def test_fp8_decode_matches_torch_emulation(dtype, heads, kv_heads, head, budget, block_size, splits):
+    """An FP8 cache (vLLM's uint8 bytes: e4m3 with one scale for K, another for V): output,
+    evictions and every cache byte equal a float32 step on the dequantized cache with the
+    new tokens as they will be stored, its cache then quantized. Some new K/V values
+    saturate e4m3 and some fall in its subnormal range."""
+    kernels = _kernels(dtype)
+    case = _decode_case(dtype, heads, kv_heads, head, budget, block_size)
+    query, key, value, key_cache, value_cache, block_table, seq_lens = case.inputs
+    k_scale = torch.tensor(0.03, device=DEVICE)
+    v_scale = torch.tensor(0.011, device=DEVICE)
+    extremes = torch.tensor([30.0, -30.0, 1e-4, -2e-5], dtype=dtype, device=DEVICE)
+    key, value = key.clone(), value.clone()
+    key[:, 0, :4] = extremes
+    value[:, -1, -4:] = extremes / 3
+    k_bytes, k_cached = emulated_fp8(key_cache, k_scale)
+    v_bytes, v_cached = emulated_fp8(value_cache, v_scale)
+    want_out, want_evicted, want_k, want_v = torch_decode_step(
+        query.cpu(), emulated_fp8(key, k_scale)[1], emulated_fp8(value, v_scale)[1], k_cached, v_cached,
+        block_table.cpu(), seq_lens.cpu(), budget, case.scale,
+    )
+    k_bytes, v_bytes = k_bytes.to(DEVICE), v_bytes.to(DEVICE)
+    output = torch.empty_like(query)
+    workspace = _workspace(kernels, heads, head, budget, len(case.rows), len(case.rows) * splits)
+    evicted = kernels.tova_decode(
+        query, key, value, k_bytes, v_bytes, block_table, seq_lens, case.rows, case.rows, output,
+        case.scale, budget, splits, case.longest, workspace, block_n=16, kv_scales=(k_scale, v_scale),
+    )
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(output.cpu().float(), want_out.float(), atol=tol, rtol=tol)
+    assert evicted.cpu().tolist() == want_evicted.tolist()
+    assert torch.equal(k_bytes.cpu(), emulated_fp8(want_k, k_scale)[0])
+    assert torch.equal(v_bytes.cpu(), emulated_fp8(want_v, v_scale)[0])
 
 
 def _emulated_all_reduce(run, ranks: int) -> torch.Tensor:
