@@ -395,9 +395,13 @@ def test_kernels_in_interpreter(tmp_path):
     assert passed == functions, f"never passed in the interpreter: {sorted(functions - passed)}"
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_chunk_absorption_matches_torch_backend(dtype):
-    """Prompt chunks through the CUDA backend's path equal the torch backend's, slot by slot."""
+def test_chunk_absorption_matches_torch_backend(dtype, kv_cache_dtype):
+    """Prompt chunks through the CUDA backend's path equal the torch backend's, slot by slot.
+    FP8: the torch backend runs unquantized on what the cache holds (the dequantized
+    entries, the chunk as it will be stored; emulated_fp8), and every cache byte of the CUDA
+    path must equal that result quantized."""
     if DEVICE == "cpu" and not INTERPRETED:
         pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
     if DEVICE == "cpu" and dtype != torch.float32:
@@ -429,18 +433,30 @@ def test_chunk_absorption_matches_torch_backend(dtype):
     value = torch.randn(tokens, kv_heads, head, **f)
 
     with set_current_vllm_config(VllmConfig(additional_config=additional_config("tova", budget, 64))):
-        args = (heads, head, head**-0.5, kv_heads, None, None, "auto")
-        gpu_impl, torch_impl = TovaTritonImpl(*args), TovaTorchImpl(*args)
+        args = (heads, head, head**-0.5, kv_heads, None, None)
+        gpu_impl, torch_impl = TovaTritonImpl(*args, kv_cache_dtype), TovaTorchImpl(*args, "auto")
 
-    want_k, want_v = key_cache.clone(), value_cache.clone()
+    fp8 = kv_cache_dtype == "fp8"
+    scales = (torch.tensor(0.02, device=DEVICE), torch.tensor(0.013, device=DEVICE)) if fp8 else None
+    want_key, want_value = key, value
+    if fp8:  # the torch backend sees floats; the CUDA path gets the bytes
+        (k_bytes, k_held), (v_bytes, v_held) = emulated_fp8(key_cache, scales[0]), emulated_fp8(value_cache, scales[1])
+        want_k, want_v = k_held.to(DEVICE, dtype), v_held.to(DEVICE, dtype)
+        key_cache, value_cache = k_bytes.to(DEVICE), v_bytes.to(DEVICE)
+        want_key = emulated_fp8(key, scales[0])[1].to(DEVICE, dtype)
+        want_value = emulated_fp8(value, scales[1])[1].to(DEVICE, dtype)
+    else:
+        want_k, want_v = key_cache.clone(), value_cache.clone()
     want_out = torch.zeros_like(query)
     for i, (old, new) in enumerate(rows):
         logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
         slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
         row = ChunkRow(int(starts[i]), new, old, slots, first_position=old)
         torch_impl._chunk(
-            row, query, key, value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
+            row, query, want_key, want_value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
         )
+    if fp8:
+        want_k, want_v = emulated_fp8(want_k, scales[0])[0], emulated_fp8(want_v, scales[1])[0]
 
     retained = torch.tensor([old for old, _ in rows])
     batch = pack_chunks(
@@ -448,7 +464,7 @@ def test_chunk_absorption_matches_torch_backend(dtype):
         torch.device(DEVICE),
     )
     output = torch.zeros_like(query)
-    gpu_impl._absorb(batch, query, key, value, key_cache, value_cache, output)
+    gpu_impl._absorb(batch, query, key, value, key_cache, value_cache, output, scales)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(output, want_out, atol=tol, rtol=tol)
     # Retained entries are a set in logical [0, K): compare each row's slots as sets of rows.
@@ -456,21 +472,27 @@ def test_chunk_absorption_matches_torch_backend(dtype):
         logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
         slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
         for got, want in ((key_cache, want_k), (value_cache, want_v)):
-            torch.testing.assert_close(got.flatten(0, 1)[slots], want.flatten(0, 1)[slots], atol=0, rtol=0)
+            torch.testing.assert_close(
+                got.flatten(0, 1)[slots].cpu(), want.flatten(0, 1)[slots].cpu(), atol=0, rtol=0
+            )
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
 @pytest.mark.parametrize("policy", ["window", "sink", "h2o"])
-def test_baseline_policy_steps_match_torch_backend(policy):
+def test_baseline_policy_steps_match_torch_backend(policy, kv_cache_dtype):
     """Two prompt chunks then decode steps, through the CUDA backend's forward and the torch
     backend's, for the baseline policies: outputs, the whole KV cache (so every eviction and
     every slot reuse), and each live slot's position (and h2o's accumulated attention) must
     agree after every step. Decode steps launch as a captured graph would (two padding rows,
     longest = budget), and the CUDA side's history buffers start as garbage, so a slot read
-    before this run wrote it would show."""
+    before this run wrote it would show. FP8: both backends on e4m3 caches with the same
+    scales, compared byte for byte."""
     if DEVICE == "cpu" and not INTERPRETED:
         pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
     torch.manual_seed(2)
-    run = _BaselineRun(policy, heads=4, kv_heads=2, head=16, budget=20, block_size=16, rows=3)
+    run = _BaselineRun(
+        policy, heads=4, kv_heads=2, head=16, budget=20, block_size=16, rows=3, kv_cache_dtype=kv_cache_dtype
+    )
     # Row 0 evicts in its second chunk, row 1 fills then evicts, row 2 reaches K while decoding.
     for lens in ([14, 20, 6], [13, 5, 8]):
         run.chunk_step(lens)
@@ -482,7 +504,7 @@ class _BaselineRun:
     """The same batch of rows driven through ``TovaTritonImpl.forward`` and
     ``TovaTorchImpl.forward``, step by step, comparing everything after each step."""
 
-    def __init__(self, policy, heads, kv_heads, head, budget, block_size, rows) -> None:
+    def __init__(self, policy, heads, kv_heads, head, budget, block_size, rows, kv_cache_dtype="auto") -> None:
         from types import SimpleNamespace
 
         from vllm.config import VllmConfig, set_current_vllm_config
@@ -495,11 +517,16 @@ class _BaselineRun:
         self.block_size, self.rows = block_size, rows
         config = VllmConfig(additional_config=additional_config(policy, budget, 64))
         with set_current_vllm_config(config):
-            args = (heads, head, head**-0.5, kv_heads, None, None, "auto")
+            args = (heads, head, head**-0.5, kv_heads, None, None, kv_cache_dtype)
             self.gpu, self.cpu = TovaTritonImpl(*args), TovaTorchImpl(*args)
         blocks_per_row = -(-budget // block_size)
         num_blocks = rows * blocks_per_row + 1  # block 0: vLLM's null block, the padding rows'
         self.kv_gpu = torch.randn(2, num_blocks, block_size, kv_heads, head, device=DEVICE)
+        # The attention layer as the backends read it: only its FP8 scales.
+        self.layer = SimpleNamespace(_k_scale=torch.tensor(0.03, device=DEVICE), _v_scale=torch.tensor(0.011, device=DEVICE))
+        if kv_cache_dtype == "fp8":
+            k_bytes, v_bytes = (emulated_fp8(c, s)[0] for c, s in zip(self.kv_gpu, (self.layer._k_scale, self.layer._v_scale)))
+            self.kv_gpu = torch.stack([k_bytes, v_bytes]).to(DEVICE)
         self.kv_cpu = self.kv_gpu.clone()
         table = (torch.randperm(num_blocks - 1) + 1).view(rows, blocks_per_row).to(torch.int32)
         self.block_table = table.to(DEVICE)
@@ -575,8 +602,8 @@ class _BaselineRun:
         key = torch.randn(tokens, self.kv_heads, self.head, **f)
         value = torch.randn(tokens, self.kv_heads, self.head, **f)
         out_gpu, out_cpu = torch.zeros_like(query), torch.zeros_like(query[:real])
-        self.gpu.forward(None, query, key, value, self.kv_gpu, gpu_md, out_gpu)
-        self.cpu.forward(None, query[:real], key[:real], value[:real], self.kv_cpu, cpu_md, out_cpu)
+        self.gpu.forward(self.layer, query, key, value, self.kv_gpu, gpu_md, out_gpu)
+        self.cpu.forward(self.layer, query[:real], key[:real], value[:real], self.kv_cpu, cpu_md, out_cpu)
         torch.testing.assert_close(out_gpu[:real], out_cpu, atol=1e-5, rtol=1e-5)
         assert bool((out_gpu[real:] == 0).all())
         torch.testing.assert_close(self.kv_gpu, self.kv_cpu, atol=0, rtol=0)
