@@ -440,7 +440,9 @@ def test_chunk_absorption_matches_torch_backend(dtype, kv_cache_dtype):
     scales = (torch.tensor(0.02, device=DEVICE), torch.tensor(0.013, device=DEVICE)) if fp8 else None
     want_key, want_value = key, value
     if fp8:  # the torch backend sees floats; the CUDA path gets the bytes
-        (k_bytes, k_held), (v_bytes, v_held) = emulated_fp8(key_cache, scales[0]), emulated_fp8(value_cache, scales[1])
+        key[:, 0, :2] = torch.tensor([30.0, -30.0], dtype=dtype)  # beyond e4m3's range: saturate
+        k_bytes, k_held = emulated_fp8(key_cache, scales[0])
+        v_bytes, v_held = emulated_fp8(value_cache, scales[1])
         want_k, want_v = k_held.to(DEVICE, dtype), v_held.to(DEVICE, dtype)
         key_cache, value_cache = k_bytes.to(DEVICE), v_bytes.to(DEVICE)
         want_key = emulated_fp8(key, scales[0])[1].to(DEVICE, dtype)
@@ -523,10 +525,10 @@ class _BaselineRun:
         num_blocks = rows * blocks_per_row + 1  # block 0: vLLM's null block, the padding rows'
         self.kv_gpu = torch.randn(2, num_blocks, block_size, kv_heads, head, device=DEVICE)
         # The attention layer as the backends read it: only its FP8 scales.
-        self.layer = SimpleNamespace(_k_scale=torch.tensor(0.03, device=DEVICE), _v_scale=torch.tensor(0.011, device=DEVICE))
+        scales = torch.tensor(0.03, device=DEVICE), torch.tensor(0.011, device=DEVICE)
+        self.layer = SimpleNamespace(_k_scale=scales[0], _v_scale=scales[1])
         if kv_cache_dtype == "fp8":
-            k_bytes, v_bytes = (emulated_fp8(c, s)[0] for c, s in zip(self.kv_gpu, (self.layer._k_scale, self.layer._v_scale)))
-            self.kv_gpu = torch.stack([k_bytes, v_bytes]).to(DEVICE)
+            self.kv_gpu = torch.stack([emulated_fp8(c, s)[0] for c, s in zip(self.kv_gpu, scales)]).to(DEVICE)
         self.kv_cpu = self.kv_gpu.clone()
         table = (torch.randperm(num_blocks - 1) + 1).view(rows, blocks_per_row).to(torch.int32)
         self.block_table = table.to(DEVICE)
