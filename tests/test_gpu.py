@@ -199,15 +199,19 @@ def test_half_precision_agreement(dtype: str, model_path: Path, reference_prompt
 FP8_WINDOWS = [(4_000 + 7_000 * i, 1_024) for i in range(8)]  # (offset, length) in Emma's tokens
 FP8_BUDGET = 128  # 1/8 of the window: most positions attend a context TOVA has evicted from
 #: Per entry, e4m3 noise is the same for stock and TOVA (same format, same scales); TOVA adds
-#: only eviction choices that the noise flips where scores nearly tie (the weakest entries
-#: differ by ~1e-6), one retained token of 128 in one layer each. Hence bounds relative to
-#: stock's own FP8 loss, with slack for those flips:
-FP8_AGREEMENT_SLACK = 0.03  # top-1 agreement with bf16 at most 3 points below stock's
-FP8_DRIFT_FACTOR, FP8_DRIFT_SLACK = 1.5, 0.01  # mean |logprob diff| <= 1.5 x stock's + 0.01
-FP8_NLL_SLACK = 0.02  # the rule: lose no more NLL than stock FP8, + 0.02 nats (2% ppl)
-#: Absolute floors that no correct FP8 path misses: a scale dropped on read or write shifts
-#: every logit of a layer, which moves the top-1 token at most positions.
-FP8_MIN_AGREEMENT, FP8_MAX_MEAN_DRIFT = 0.9, 0.1
+#: eviction choices that the noise flips where scores nearly tie (the weakest entries differ
+#: by ~1e-6). A flip swaps a retained token, and later evictions then follow another path, so
+#: TOVA's FP8 noise (agreement, drift) may well exceed stock's; flips do not bias the loss.
+#: Hence the issue's rule on the loss (NLL) with a small slack, and wider noise bounds:
+FP8_NLL_SLACK = 0.02  # lose no more NLL than stock FP8 does, + 0.02 nats (2% perplexity)
+FP8_AGREEMENT_SLACK = 0.05  # top-1 agreement with bf16 at most 5 points below stock's
+FP8_DRIFT_FACTOR, FP8_DRIFT_SLACK = 2.0, 0.05  # mean |logprob diff| <= 2 x stock's + 0.05
+#: Floors that catch a broken FP8 path (a scale dropped on read or write shifts every logit
+#: of a layer and moves the top-1 token at most positions). Set from the only FP8 run before
+#: the GPU's: the CPU engine, TOVA K=64 C=1, float32 against FP8 with scales 1.0, 2 x 191
+#: positions: agreement 0.927, mean drift 0.091, NLL change +0.010 (2026-12-07); these
+#: floors leave room for that and for calibrated scales, not for a broken path.
+FP8_MIN_AGREEMENT, FP8_MAX_MEAN_DRIFT = 0.8, 0.25
 
 
 def _teacher_forced(llm, prompts: list[list[int]]) -> tuple[list[int], list[float]]:
