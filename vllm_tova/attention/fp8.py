@@ -29,6 +29,12 @@ def is_fp8(kv_cache_dtype: str) -> bool:
     return kv_cache_dtype in FP8_KV_CACHE_DTYPES
 
 
+def byte_view(cache: torch.Tensor) -> torch.Tensor:
+    """The cache as uint8, however the model runner typed its bytes (vLLM's runners use the
+    spec's dtype, uint8, for ``fp8``), so writes store bytes rather than convert numbers."""
+    return cache if cache.dtype == torch.uint8 else cache.view(torch.uint8)
+
+
 def fp8_view(cache: torch.Tensor) -> torch.Tensor:
     """vLLM's uint8 allocation seen as e4m3 (a view: same memory)."""
     return cache.view(STORAGE) if cache.dtype == torch.uint8 else cache

@@ -132,6 +132,8 @@ class TovaTorchImpl(AttentionImpl):
         """query (tokens, heads, d); key/value (tokens, kv_heads, d); output (tokens, heads, d)."""
         if attn_metadata is None:  # profiling run
             return output
+        if self.fp8:
+            kv_cache = fp8.byte_view(kv_cache)
         key_cache, value_cache = (c.flatten(0, 1) for c in kv_cache.unbind(0))
         self.state.ensure(key_cache.shape[0], key_cache.device)
         scales = None

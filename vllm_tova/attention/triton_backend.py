@@ -339,6 +339,8 @@ class TovaTritonImpl(TovaTorchImpl):
     ) -> torch.Tensor:
         if attn_metadata is None:  # profiling run
             return output
+        if self.fp8:
+            kv_cache = fp8.byte_view(kv_cache)
         key_cache, value_cache = kv_cache.unbind(0)
         self._ensure_state(key_cache)
         md = attn_metadata
