@@ -13,7 +13,9 @@
 #   llama3-8b-more   stock fp8, tova:256-fp8 at N=9x                                     ~7 min
 # A later part of a shape reuses the first part's pool (in bytes) when its CSV is in OUT_DIR;
 # otherwise its first system sizes the pool from --gpu-memory-utilization as stock would.
-# REPEATS multiplies each run's time (not the starts).
+# REPEATS multiplies each run's time (not the starts). After each part, the shape's parts so
+# far are merged into <device>-<shape>-completion-fp8.{csv,md,png}: every system side by
+# side with the ratios and targets (rows from different calls, so maybe different cards).
 set -euo pipefail
 out=${1:?OUT_DIR}
 repeats=${2:?REPEATS}
@@ -51,3 +53,19 @@ case "$part" in
         echo "unknown PART $part" >&2
         exit 2 ;;
 esac
+
+merged=$(python - "$out" "${part%%-more}" <<'PY'
+import csv, glob, sys
+out, model = sys.argv[1], sys.argv[2].removesuffix("-k256")
+parts = sorted(glob.glob(f"{out}/*-{model}-completion-fp8-?.csv"))
+rows = [r for f in parts for r in csv.DictReader(open(f))]
+if rows:
+    merged = parts[0][: -len("-a.csv")] + ".csv"
+    with open(merged, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(merged)
+PY
+)
+[ -n "$merged" ] && python -m benchmarks.throughput --render "$merged"
