@@ -24,6 +24,10 @@ TARGETS = {
     ("llama2-7b", "tova K=512", "stock"): 4.0,
     ("llama3-8b", "tova K=512", "stock"): 2.8,
     ("llama3-8b", "tova K=512", "stock fp8"): 1.5,
+    ("llama2-7b", "tova K=512 fp8", "stock"): 6.0,
+    ("llama2-7b", "tova K=512 fp8", "stock fp8"): 3.0,
+    ("llama3-8b", "tova K=512 fp8", "stock"): 3.5,
+    ("llama3-8b", "tova K=512 fp8", "stock fp8"): 2.0,
 }
 SHORT_TARGET = 1.0  # short workload: TOVA at least stock
 CEILING_TARGET = 0.85  # measured step at least this fraction of the ceiling model's

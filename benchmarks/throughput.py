@@ -15,7 +15,9 @@ Protocols (``--protocol``):
   first part of decode only (stock's contexts are still short there); never a headline.
 
 Systems (``--systems``): ``stock``, ``stock-fp8`` (``--kv-cache-dtype fp8``), ``tova:K``,
-``tova:K-fp8``, or another policy's name for ``tova``. The first system sizes the KV pool
+``tova:K-fp8``, or another policy's name for ``tova``; a suffix ``@M`` (``tova:512-fp8@16``)
+gives that system its own completion N, M x stock bf16's capacity, so a system whose pool
+holds many more sequences can run at its best batch. The first system sizes the KV pool
 in bytes (``--gpu-memory-utilization``) unless ``--kv-pool-tokens`` is given; every other
 system gets exactly the same bytes. Each row carries the bytes-and-FLOPs ceiling
 (``benchmarks/ceiling.py``), measured on this device before the first engine starts.
@@ -57,6 +59,7 @@ class System:
     policy: str  # "none" = stock vLLM
     budget: int = 0
     kv_cache_dtype: str = "auto"
+    request_multiplier: float | None = None  # completion: this system's own N (x stock's capacity)
 
     @property
     def label(self) -> str:
@@ -65,14 +68,17 @@ class System:
 
     @classmethod
     def parse(cls, text: str) -> System:
-        """``stock``, ``stock-fp8``, ``tova:512``, ``tova:512-fp8``, ``window:256``..."""
-        name, _, dtype = text.partition("-")
+        """``stock``, ``stock-fp8``, ``tova:512``, ``tova:512-fp8``, ``window:256``, each with an
+        optional ``@M`` (``tova:512-fp8@16``)."""
+        spec, _, multiplier = text.partition("@")
+        requests = float(multiplier) if multiplier else None
+        name, _, dtype = spec.partition("-")
         policy, _, budget = name.partition(":")
         if policy == "stock":
-            return cls("none", 0, dtype or "auto")
+            return cls("none", 0, dtype or "auto", requests)
         if not budget:
             raise argparse.ArgumentTypeError(f"--systems: {text!r} needs a budget, e.g. {policy}:512")
-        return cls(policy, int(budget), dtype or "auto")
+        return cls(policy, int(budget), dtype or "auto", requests)
 
 
 def _ints(text: str) -> list[int]:
@@ -189,12 +195,14 @@ def capacity(system: System, workload: Workload, pool_blocks: int, block_size: i
     return (pool_blocks - 1) // per_sequence_blocks(system, workload, block_size)
 
 
-def request_counts(args, workload: Workload, stock_pool_blocks: int) -> list[int]:
-    """Completion: N per point, the same for every system (multiples of stock bf16's capacity)."""
+def request_counts(args, workload: Workload, stock_pool_blocks: int, system: System | None = None) -> list[int]:
+    """Completion: N per point, the same for every system (multiples of stock bf16's capacity)
+    unless the system names its own multiplier (``@M``)."""
     if args.num_requests:
         return args.num_requests
     stock = capacity(System("none"), workload, stock_pool_blocks, args.block_size)
-    return sorted({max(1, round(m * stock)) for m in args.request_multipliers})
+    own = system.request_multiplier if system is not None else None
+    return sorted({max(1, round(m * stock)) for m in ([own] if own else args.request_multipliers)})
 
 
 def batch_sizes(args, system: System, workload: Workload, pool_blocks: int, stock_pool_blocks: int) -> list[int]:
@@ -300,7 +308,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise SystemExit("--dry-run needs --kv-pool-tokens (the pool decides the points)")
         stock_blocks = pool_bytes // stock_block_bytes
         for w in workloads:
-            print(f"  {w.name}: N = {request_counts(args, w, stock_blocks)} (stock holds "
+            counts = {s.label: request_counts(args, w, stock_blocks, s) for s in args.systems}
+            print(f"  {w.name}: N = {counts} (stock holds "
                   f"{capacity(System('none'), w, stock_blocks, args.block_size)})")
         return []
     rates = DeviceRates.measure(args.dtype)
@@ -331,7 +340,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     raise SystemExit(f"{system.label}: the KV pool ({pool_blocks} blocks) holds no full "
                                      f"{workload.seq_len}-token sequence; give it more --kv-pool-tokens")
                 if args.protocol == "completion":
-                    sizes = request_counts(args, workload, stock_blocks)
+                    sizes = request_counts(args, workload, stock_blocks, system)
                 else:
                     sizes = batch_sizes(args, system, workload, pool_blocks, stock_blocks)
                 for size in sizes:

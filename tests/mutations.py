@@ -42,7 +42,8 @@ class Mutant:
     path: str
     old: str
     new: str
-    tests: tuple[str, ...] = tuple(FAST_TESTS)
+    tests: tuple[str, ...] = tuple(FAST_TESTS)  # pytest arguments
+    env: tuple[tuple[str, str], ...] = ()  # more environment for the tests' run
 
 
 MUTANTS = [
@@ -166,6 +167,79 @@ HALF_STATS_MUTANTS = [
 ]
 
 
+#: The FP8 paths, caught by the FP8 kernel cases in Triton's interpreter (record only, about
+#: 60 s each; CI runs ``MUTANTS``).
+FP8_TESTS = ("tests/test_triton_kernels.py", "-k", "fp8")
+INTERPRETED = (("TRITON_INTERPRET", "1"),)
+_KERNELS = "vllm_tova/attention/triton_kernels.py"
+_CUDA_BACKEND = "vllm_tova/attention/triton_backend.py"
+FP8_MUTANTS = [
+    Mutant(
+        "FP8 decode: cached K read without its scale",
+        _KERNELS,
+        "cached_scale = scale_log2 * tl.load(k_scale) if FP8 else scale_log2",
+        "cached_scale = scale_log2",
+        FP8_TESTS, INTERPRETED,
+    ),
+    Mutant(
+        "FP8 decode: cached V read without its scale",
+        _KERNELS,
+        "acc = acc * tl.load(v_scale)  # V's scale, once for the split's cached entries",
+        "acc = acc",
+        FP8_TESTS, INTERPRETED,
+    ),
+    Mutant(
+        "FP8 decode: new token quantized without dividing by the scale",
+        _KERNELS,
+        "scaled = tl.math.div_rn(x.to(tl.float32), tl.load(scale_ptr))",
+        "scaled = x.to(tl.float32)",
+        FP8_TESTS, INTERPRETED,
+    ),
+    Mutant(
+        "FP8 decode: new token's V stored with K's scale",
+        _KERNELS,
+        "v_new = _quantize(v_new, v_scale, value_cache.dtype.element_ty)",
+        "v_new = _quantize(v_new, k_scale, value_cache.dtype.element_ty)",
+        FP8_TESTS, INTERPRETED,
+    ),
+    Mutant(
+        "FP8 decode: new token attended unquantized",
+        _KERNELS,
+        "k_new = _as_stored(k_new, k_scale, key_cache.dtype.element_ty)",
+        "k_new = k_new",
+        FP8_TESTS, INTERPRETED,
+    ),
+    Mutant(
+        "FP8 chunk: retained entries gathered as raw bytes",
+        _CUDA_BACKEND,
+        "packed_k[c.old_dst] = fp8.dequantize(flat_k[c.old_slots], scales[0], key.dtype)",
+        "packed_k[c.old_dst] = flat_k[c.old_slots].to(key.dtype)",
+        FP8_TESTS, INTERPRETED,
+    ),
+    Mutant(
+        "FP8 chunk: compaction copies the dequantized values, not the e4m3 bytes",
+        _CUDA_BACKEND,
+        "source_k, source_v, flat_k, flat_v,",
+        "packed_k, packed_v, flat_k, flat_v,",
+        FP8_TESTS, INTERPRETED,
+    ),
+    Mutant(
+        "FP8 format: quantize without saturating",
+        "vllm_tova/attention/fp8.py",
+        "return (values.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(STORAGE).view(torch.uint8)",
+        "return (values.float() / scale).to(STORAGE).view(torch.uint8)",
+        FP8_TESTS, INTERPRETED,
+    ),
+    Mutant(
+        "FP8 torch backend: new tokens attended unquantized",
+        "vllm_tova/attention/torch_backend.py",
+        "key, value = fp8.as_stored(key, scales[0]), fp8.as_stored(value, scales[1])",
+        "key, value = key, value",
+        FP8_TESTS, INTERPRETED,
+    ),
+]
+
+
 @dataclass
 class Outcome:
     mutant: Mutant | None  # None: the unmutated tree
@@ -213,6 +287,7 @@ def run(mutant: Mutant | None) -> Outcome:
             apply(mutant, tree)
         # A wide terminal, so pytest's summary keeps each failure's message on its line.
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "400"}
+        env.update(mutant.env if mutant is not None else ())
         command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
         start = time.monotonic()
         done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
@@ -262,7 +337,7 @@ def render(outcomes: list[Outcome], command: str) -> str:
             "",
             f"`{o.mutant.path}`: `{o.mutant.old}` → `{o.mutant.new}`",
             "",
-            f"tests run: {', '.join(f'`{t}`' for t in o.mutant.tests)}",
+            f"tests run: `{' '.join(o.mutant.tests)}`" + "".join(f" with {k}={v}" for k, v in o.mutant.env),
             "",
             f"{o.summary} ({o.seconds:.0f} s). Failing tests:" if o.caught else f"{o.summary} ({o.seconds:.0f} s).",
             "",
@@ -277,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RECORD)
     args = parser.parse_args(argv)
     outcomes = []
-    for mutant in [None, *MUTANTS, *REFERENCE_MUTANTS, *HALF_STATS_MUTANTS]:
+    for mutant in [None, *MUTANTS, *REFERENCE_MUTANTS, *HALF_STATS_MUTANTS, *FP8_MUTANTS]:
         outcome = run(mutant)
         name = "unmutated tree" if mutant is None else mutant.name
         print(f"{name}: {'caught' if outcome.caught else 'not caught'} ({outcome.summary})", flush=True)

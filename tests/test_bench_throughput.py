@@ -27,6 +27,8 @@ def test_systems_parse() -> None:
     assert parse("stock-fp8").label == "stock fp8"
     assert parse("tova:512") == throughput.System("tova", 512)
     assert parse("tova:256-fp8").label == "tova K=256 fp8"
+    assert parse("tova:512-fp8@16") == throughput.System("tova", 512, "fp8", 16.0)
+    assert parse("stock@2").request_multiplier == 2.0
     with pytest.raises(Exception, match="needs a budget"):
         parse("tova")
 
@@ -37,6 +39,8 @@ def test_request_and_batch_sizes_follow_capacity() -> None:
     work = Workload("paper", 32, 224)  # 8 blocks of 32: stock holds 8 in 65 blocks
     stock, tova = throughput.System("none"), throughput.System("tova", 64)  # 2 blocks
     assert throughput.request_counts(args, work, stock_pool_blocks=65) == [32]
+    assert throughput.request_counts(args, work, 65, throughput.System("tova", 64, "fp8", 16.0)) == [128]
+    assert throughput.request_counts(args, work, 65, tova) == [32]
     assert throughput.batch_sizes(args, stock, work, 65, 65) == [4, 8]
     assert throughput.batch_sizes(args, tova, work, 65, 65) == [4, 8, 32]
 

@@ -32,6 +32,12 @@ def test_tova_turns_on_what_it_needs(model_path: Path) -> None:
     assert config.scheduler_config.scheduler_cls.startswith("vllm_tova.scheduler.Tova")
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "fp8_e4m3"])
+def test_fp8_kv_cache_is_accepted(model_path: Path, kv_cache_dtype: str) -> None:
+    config = _config(model_path, additional_config=tova(128, 256), kv_cache_dtype=kv_cache_dtype)
+    assert config.cache_config.cache_dtype == kv_cache_dtype
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -82,6 +88,11 @@ def test_tova_turns_on_what_it_needs(model_path: Path) -> None:
                 },
             },
             r"kv_policy=tova does not support speculative decoding \(--speculative-config\)",
+        ),
+        (
+            {"additional_config": tova(128, 256), "kv_cache_dtype": "fp8_e5m2"},
+            r"--kv-cache-dtype fp8_e5m2 cannot be combined with --kv-policy / kv_policy=tova; "
+            r"allowed: auto, fp8, fp8_e4m3",
         ),
         (
             {"additional_config": tova(128, 256), "pipeline_parallel_size": 2},

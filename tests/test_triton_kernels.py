@@ -2,7 +2,9 @@
 
 On a machine without CUDA the kernels run in Triton's interpreter. TRITON_INTERPRET must be
 set before Triton is first imported (vLLM imports it), so there the cases run in a child
-Python started by the test; on a GPU they run in-process on the compiled kernels.
+Python started by the test; on a GPU they run in-process on the compiled kernels. The
+interpreter's float32 -> e4m3 conversion is wrong, so the child replaces it with a correct
+one (tests/triton_interpreter.py): the FP8 kernels' own code runs unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+if INTERPRETED:
+    from tests.triton_interpreter import correct_fp8_conversion
+
+    correct_fp8_conversion()
+
+E4M3_MAX = 448.0
+
+
+def emulated_fp8(values: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's per-tensor FP8 KV format, written here independently of vllm_tova: the cache
+    bytes of ``values`` (value / scale in e4m3, saturated, round to nearest even) and the
+    float32 values those bytes stand for (stored * scale)."""
+    stored = (values.float().cpu() / scale.cpu()).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return stored.view(torch.uint8), stored.float() * scale.cpu()
 
 
 def torch_decode_step(query, key, value, key_cache, value_cache, block_table, seq_lens, budget, scale):
@@ -75,6 +91,48 @@ def test_decode_matches_torch(dtype, heads, kv_heads, head, budget, block_size, 
     assert evicted.cpu().tolist() == want_evicted.tolist()
     torch.testing.assert_close(case.key_cache.cpu(), want_k, atol=0, rtol=0)
     torch.testing.assert_close(case.value_cache.cpu(), want_v, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "dtype,heads,kv_heads,head,budget,block_size,splits",
+    [
+        (torch.float32, 8, 2, 32, 70, 16, 3),
+        (torch.float16, 9, 3, 64, 40, 16, 1),
+        (torch.bfloat16, 32, 8, 128, 256, 16, 4),  # Llama-3-8B heads; not in the interpreter
+    ],
+)
+def test_fp8_decode_matches_torch_emulation(dtype, heads, kv_heads, head, budget, block_size, splits):
+    """An FP8 cache (vLLM's uint8 bytes: e4m3 with one scale for K, another for V): output,
+    evictions and every cache byte equal a float32 step on the dequantized cache with the
+    new tokens as they will be stored, its cache then quantized. Some new K/V values
+    saturate e4m3 and some fall in its subnormal range."""
+    kernels = _kernels(dtype)
+    case = _decode_case(dtype, heads, kv_heads, head, budget, block_size)
+    query, key, value, key_cache, value_cache, block_table, seq_lens = case.inputs
+    k_scale = torch.tensor(0.03, device=DEVICE)
+    v_scale = torch.tensor(0.011, device=DEVICE)
+    extremes = torch.tensor([30.0, -30.0, 1e-4, -2e-5], dtype=dtype, device=DEVICE)
+    key, value = key.clone(), value.clone()
+    key[:, 0, :4] = extremes
+    value[:, -1, -4:] = extremes / 3
+    k_bytes, k_cached = emulated_fp8(key_cache, k_scale)
+    v_bytes, v_cached = emulated_fp8(value_cache, v_scale)
+    want_out, want_evicted, want_k, want_v = torch_decode_step(
+        query.cpu(), emulated_fp8(key, k_scale)[1], emulated_fp8(value, v_scale)[1], k_cached, v_cached,
+        block_table.cpu(), seq_lens.cpu(), budget, case.scale,
+    )
+    k_bytes, v_bytes = k_bytes.to(DEVICE), v_bytes.to(DEVICE)
+    output = torch.empty_like(query)
+    workspace = _workspace(kernels, heads, head, budget, len(case.rows), len(case.rows) * splits)
+    evicted = kernels.tova_decode(
+        query, key, value, k_bytes, v_bytes, block_table, seq_lens, case.rows, case.rows, output,
+        case.scale, budget, splits, case.longest, workspace, block_n=16, kv_scales=(k_scale, v_scale),
+    )
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(output.cpu().float(), want_out.float(), atol=tol, rtol=tol)
+    assert evicted.cpu().tolist() == want_evicted.tolist()
+    assert torch.equal(k_bytes.cpu(), emulated_fp8(want_k, k_scale)[0])
+    assert torch.equal(v_bytes.cpu(), emulated_fp8(want_v, v_scale)[0])
 
 
 def _emulated_all_reduce(run, ranks: int) -> torch.Tensor:
@@ -337,9 +395,13 @@ def test_kernels_in_interpreter(tmp_path):
     assert passed == functions, f"never passed in the interpreter: {sorted(functions - passed)}"
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_chunk_absorption_matches_torch_backend(dtype):
-    """Prompt chunks through the CUDA backend's path equal the torch backend's, slot by slot."""
+def test_chunk_absorption_matches_torch_backend(dtype, kv_cache_dtype):
+    """Prompt chunks through the CUDA backend's path equal the torch backend's, slot by slot.
+    FP8: the torch backend runs unquantized on what the cache holds (the dequantized
+    entries, the chunk as it will be stored; emulated_fp8), and every cache byte of the CUDA
+    path must equal that result quantized."""
     if DEVICE == "cpu" and not INTERPRETED:
         pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
     if DEVICE == "cpu" and dtype != torch.float32:
@@ -371,18 +433,32 @@ def test_chunk_absorption_matches_torch_backend(dtype):
     value = torch.randn(tokens, kv_heads, head, **f)
 
     with set_current_vllm_config(VllmConfig(additional_config=additional_config("tova", budget, 64))):
-        args = (heads, head, head**-0.5, kv_heads, None, None, "auto")
-        gpu_impl, torch_impl = TovaTritonImpl(*args), TovaTorchImpl(*args)
+        args = (heads, head, head**-0.5, kv_heads, None, None)
+        gpu_impl, torch_impl = TovaTritonImpl(*args, kv_cache_dtype), TovaTorchImpl(*args, "auto")
 
-    want_k, want_v = key_cache.clone(), value_cache.clone()
+    fp8 = kv_cache_dtype == "fp8"
+    scales = (torch.tensor(0.02, device=DEVICE), torch.tensor(0.013, device=DEVICE)) if fp8 else None
+    want_key, want_value = key, value
+    if fp8:  # the torch backend sees floats; the CUDA path gets the bytes
+        key[:, 0, :2] = torch.tensor([30.0, -30.0], dtype=dtype)  # beyond e4m3's range: saturate
+        k_bytes, k_held = emulated_fp8(key_cache, scales[0])
+        v_bytes, v_held = emulated_fp8(value_cache, scales[1])
+        want_k, want_v = k_held.to(DEVICE, dtype), v_held.to(DEVICE, dtype)
+        key_cache, value_cache = k_bytes.to(DEVICE), v_bytes.to(DEVICE)
+        want_key = emulated_fp8(key, scales[0])[1].to(DEVICE, dtype)
+        want_value = emulated_fp8(value, scales[1])[1].to(DEVICE, dtype)
+    else:
+        want_k, want_v = key_cache.clone(), value_cache.clone()
     want_out = torch.zeros_like(query)
     for i, (old, new) in enumerate(rows):
         logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
         slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
         row = ChunkRow(int(starts[i]), new, old, slots, first_position=old)
         torch_impl._chunk(
-            row, query, key, value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
+            row, query, want_key, want_value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
         )
+    if fp8:
+        want_k, want_v = emulated_fp8(want_k, scales[0])[0], emulated_fp8(want_v, scales[1])[0]
 
     retained = torch.tensor([old for old, _ in rows])
     batch = pack_chunks(
@@ -390,7 +466,7 @@ def test_chunk_absorption_matches_torch_backend(dtype):
         torch.device(DEVICE),
     )
     output = torch.zeros_like(query)
-    gpu_impl._absorb(batch, query, key, value, key_cache, value_cache, output)
+    gpu_impl._absorb(batch, query, key, value, key_cache, value_cache, output, scales)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(output, want_out, atol=tol, rtol=tol)
     # Retained entries are a set in logical [0, K): compare each row's slots as sets of rows.
@@ -398,21 +474,27 @@ def test_chunk_absorption_matches_torch_backend(dtype):
         logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
         slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
         for got, want in ((key_cache, want_k), (value_cache, want_v)):
-            torch.testing.assert_close(got.flatten(0, 1)[slots], want.flatten(0, 1)[slots], atol=0, rtol=0)
+            torch.testing.assert_close(
+                got.flatten(0, 1)[slots].cpu(), want.flatten(0, 1)[slots].cpu(), atol=0, rtol=0
+            )
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
 @pytest.mark.parametrize("policy", ["window", "sink", "h2o"])
-def test_baseline_policy_steps_match_torch_backend(policy):
+def test_baseline_policy_steps_match_torch_backend(policy, kv_cache_dtype):
     """Two prompt chunks then decode steps, through the CUDA backend's forward and the torch
     backend's, for the baseline policies: outputs, the whole KV cache (so every eviction and
     every slot reuse), and each live slot's position (and h2o's accumulated attention) must
     agree after every step. Decode steps launch as a captured graph would (two padding rows,
     longest = budget), and the CUDA side's history buffers start as garbage, so a slot read
-    before this run wrote it would show."""
+    before this run wrote it would show. FP8: both backends on e4m3 caches with the same
+    scales, compared byte for byte."""
     if DEVICE == "cpu" and not INTERPRETED:
         pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
     torch.manual_seed(2)
-    run = _BaselineRun(policy, heads=4, kv_heads=2, head=16, budget=20, block_size=16, rows=3)
+    run = _BaselineRun(
+        policy, heads=4, kv_heads=2, head=16, budget=20, block_size=16, rows=3, kv_cache_dtype=kv_cache_dtype
+    )
     # Row 0 evicts in its second chunk, row 1 fills then evicts, row 2 reaches K while decoding.
     for lens in ([14, 20, 6], [13, 5, 8]):
         run.chunk_step(lens)
@@ -424,7 +506,7 @@ class _BaselineRun:
     """The same batch of rows driven through ``TovaTritonImpl.forward`` and
     ``TovaTorchImpl.forward``, step by step, comparing everything after each step."""
 
-    def __init__(self, policy, heads, kv_heads, head, budget, block_size, rows) -> None:
+    def __init__(self, policy, heads, kv_heads, head, budget, block_size, rows, kv_cache_dtype="auto") -> None:
         from types import SimpleNamespace
 
         from vllm.config import VllmConfig, set_current_vllm_config
@@ -437,11 +519,16 @@ class _BaselineRun:
         self.block_size, self.rows = block_size, rows
         config = VllmConfig(additional_config=additional_config(policy, budget, 64))
         with set_current_vllm_config(config):
-            args = (heads, head, head**-0.5, kv_heads, None, None, "auto")
+            args = (heads, head, head**-0.5, kv_heads, None, None, kv_cache_dtype)
             self.gpu, self.cpu = TovaTritonImpl(*args), TovaTorchImpl(*args)
         blocks_per_row = -(-budget // block_size)
         num_blocks = rows * blocks_per_row + 1  # block 0: vLLM's null block, the padding rows'
         self.kv_gpu = torch.randn(2, num_blocks, block_size, kv_heads, head, device=DEVICE)
+        # The attention layer as the backends read it: only its FP8 scales.
+        scales = torch.tensor(0.03, device=DEVICE), torch.tensor(0.011, device=DEVICE)
+        self.layer = SimpleNamespace(_k_scale=scales[0], _v_scale=scales[1])
+        if kv_cache_dtype == "fp8":
+            self.kv_gpu = torch.stack([emulated_fp8(c, s)[0] for c, s in zip(self.kv_gpu, scales)]).to(DEVICE)
         self.kv_cpu = self.kv_gpu.clone()
         table = (torch.randperm(num_blocks - 1) + 1).view(rows, blocks_per_row).to(torch.int32)
         self.block_table = table.to(DEVICE)
@@ -517,8 +604,8 @@ class _BaselineRun:
         key = torch.randn(tokens, self.kv_heads, self.head, **f)
         value = torch.randn(tokens, self.kv_heads, self.head, **f)
         out_gpu, out_cpu = torch.zeros_like(query), torch.zeros_like(query[:real])
-        self.gpu.forward(None, query, key, value, self.kv_gpu, gpu_md, out_gpu)
-        self.cpu.forward(None, query[:real], key[:real], value[:real], self.kv_cpu, cpu_md, out_cpu)
+        self.gpu.forward(self.layer, query, key, value, self.kv_gpu, gpu_md, out_gpu)
+        self.cpu.forward(self.layer, query[:real], key[:real], value[:real], self.kv_cpu, cpu_md, out_cpu)
         torch.testing.assert_close(out_gpu[:real], out_cpu, atol=1e-5, rtol=1e-5)
         assert bool((out_gpu[real:] == 0).all())
         torch.testing.assert_close(self.kv_gpu, self.kv_cpu, atol=0, rtol=0)

@@ -62,6 +62,32 @@ def test_spec_reports_capped_memory_and_merges() -> None:
         TovaAttentionSpec.merge([spec, other])
 
 
+def test_spec_page_follows_the_cache_dtype() -> None:
+    """vLLM stores FP8 K/V as uint8 (``STR_DTYPE_TO_TORCH_DTYPE``): the worker's spec patch
+    keeps that dtype and the quantization mode, so a page and the capped per-sequence memory
+    the scheduler admits by are half of bf16's."""
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVQuantMode
+
+    from vllm_tova.patches.worker import _get_kv_cache_spec
+
+    def spec(dtype, mode=KVQuantMode.NONE):
+        stock = FullAttentionSpec(block_size=16, num_kv_heads=8, head_size=128, dtype=dtype, kv_quant_mode=mode)
+        config = type("Config", (), {"additional_config": {"kv_policy": "tova", "kv_budget": 512}})()
+        return _get_kv_cache_spec(lambda *_: stock, None, config)
+
+    bf16, fp8 = spec(torch.bfloat16), spec(torch.uint8, KVQuantMode.FP8_PER_TENSOR)
+    assert isinstance(fp8, TovaAttentionSpec) and fp8.kv_quant_mode == KVQuantMode.FP8_PER_TENSOR
+    assert fp8.page_size_bytes == 2 * 16 * 8 * 128 == bf16.page_size_bytes // 2
+
+    class _Model:
+        max_model_len = 4096
+
+    class _Config:
+        model_config = _Model()
+
+    assert fp8.max_memory_usage_bytes(_Config()) == 32 * fp8.page_size_bytes  # 512 / 16 blocks
+
+
 @pytest.mark.parametrize(
     ("start", "offered", "prompt_len", "expected"),
     [

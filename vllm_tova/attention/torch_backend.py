@@ -5,7 +5,9 @@ step's own new tokens (taken from activations, not from the cache), score the en
 the policy, drop the weakest, and write the surviving new tokens into the freed slots
 (with their position and accumulated attention, for policies that use them).
 The cache layout is our own, (2, num_blocks, block_size, num_kv_heads, head_size), so it
-does not depend on the CPU kernels' instruction-set-specific packing.
+does not depend on the CPU kernels' instruction-set-specific packing. With
+``--kv-cache-dtype fp8`` entries are stored in e4m3 with the layer's scales (fp8.py);
+attention and scores stay float32.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from vllm.v1.attention.backend import (
     MultipleOf,
 )
 
-from vllm_tova.attention import eviction_log
+from vllm_tova.attention import eviction_log, fp8
 from vllm_tova.attention.head_average import HeadAverage
 from vllm_tova.attention.metadata import ChunkRow, DecodeRows, TovaMetadata, TovaMetadataBuilder
 from vllm_tova.attention.slot_state import SlotState
@@ -33,7 +35,7 @@ from vllm_tova.policy import EvictionPolicy, get_policy
 class TovaTorchBackend(AttentionBackend):
     forward_includes_kv_cache_update: bool = True
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
-    supported_kv_cache_dtypes: ClassVar[list] = ["auto"]
+    supported_kv_cache_dtypes: ClassVar[list] = list(fp8.SUPPORTED_KV_CACHE_DTYPES)
 
     @staticmethod
     def get_name() -> str:
@@ -92,7 +94,9 @@ class TovaTorchImpl(AttentionImpl):
             "attention sinks": sinks is not None,
             "cross-layer KV sharing": kv_sharing_target_layer_name is not None,
             f"{attn_type} attention": attn_type != AttentionType.DECODER,
-            f"kv_cache_dtype={kv_cache_dtype}": kv_cache_dtype != "auto",
+            f"--kv-cache-dtype {kv_cache_dtype} (allowed: {', '.join(fp8.SUPPORTED_KV_CACHE_DTYPES)})": (
+                kv_cache_dtype not in fp8.SUPPORTED_KV_CACHE_DTYPES
+            ),
         }
         refused = [name for name, present in unsupported.items() if present]
         if refused:
@@ -105,6 +109,7 @@ class TovaTorchImpl(AttentionImpl):
         self.head_size = head_size
         self.scale = float(scale)
         self.group = num_heads // num_kv_heads
+        self.fp8 = fp8.is_fp8(kv_cache_dtype)
         vllm_config = get_current_vllm_config()
         settings = TovaConfig.from_additional_config(vllm_config.additional_config)
         self.head_average = HeadAverage(vllm_config.parallel_config.tensor_parallel_size)
@@ -127,12 +132,19 @@ class TovaTorchImpl(AttentionImpl):
         """query (tokens, heads, d); key/value (tokens, kv_heads, d); output (tokens, heads, d)."""
         if attn_metadata is None:  # profiling run
             return output
+        if self.fp8:
+            kv_cache = fp8.byte_view(kv_cache)
         key_cache, value_cache = (c.flatten(0, 1) for c in kv_cache.unbind(0))
         self.state.ensure(key_cache.shape[0], key_cache.device)
+        scales = None
+        if self.fp8:
+            # Every entry is attended as the cache holds it, the step's new tokens included.
+            scales = layer._k_scale, layer._v_scale
+            key, value = fp8.as_stored(key, scales[0]), fp8.as_stored(value, scales[1])
         if attn_metadata.decode is not None:
-            self._decode(attn_metadata.decode, query, key, value, key_cache, value_cache, output)
+            self._decode(attn_metadata.decode, query, key, value, key_cache, value_cache, output, scales)
         for row in attn_metadata.chunks:
-            self._chunk(row, query, key, value, key_cache, value_cache, output)
+            self._chunk(row, query, key, value, key_cache, value_cache, output, scales)
         return output
 
     def _attend(
@@ -154,10 +166,14 @@ class TovaTorchImpl(AttentionImpl):
             weights.reshape(b, nq, self.num_heads, -1),
         )
 
-    def _decode(self, rows: DecodeRows, query, key, value, key_cache, value_cache, output) -> None:
+    def _decode(
+        self, rows: DecodeRows, query, key, value, key_cache, value_cache, output, scales=None
+    ) -> None:
+        """``scales``: (k_scale, v_scale) of an FP8 cache, else None."""
+        k_scale, v_scale = scales or (None, None)
         new_k, new_v = key[rows.tokens], value[rows.tokens]
-        k = torch.cat([key_cache[rows.slots], new_k[:, None]], dim=1)
-        v = torch.cat([value_cache[rows.slots], new_v[:, None]], dim=1)
+        k = torch.cat([_read(key_cache, rows.slots, k_scale, key.dtype), new_k[:, None]], dim=1)
+        v = torch.cat([_read(value_cache, rows.slots, v_scale, value.dtype), new_v[:, None]], dim=1)
         out, weights = self._attend(query[rows.tokens][:, None], k, v, rows.valid[:, None])
         output[rows.tokens] = out[:, 0]
 
@@ -185,19 +201,22 @@ class TovaTorchImpl(AttentionImpl):
             freed = torch.gather(rows.slots, 1, evicted.clamp(max=num_cached - 1)[:, None])[:, 0]
             target = torch.where(rows.full, freed, target)
             write = ~rows.full | (evicted != num_cached)
-        key_cache[target[write]] = new_k[write]
-        value_cache[target[write]] = new_v[write]
+        _write(key_cache, target[write], new_k[write], k_scale)
+        _write(value_cache, target[write], new_v[write], v_scale)
         self.state.write(
             target[write],
             rows.position[write],
             None if accumulated is None else accumulated[:, -1][write],
         )
 
-    def _chunk(self, row: ChunkRow, query, key, value, key_cache, value_cache, output) -> None:
+    def _chunk(
+        self, row: ChunkRow, query, key, value, key_cache, value_cache, output, scales=None
+    ) -> None:
+        k_scale, v_scale = scales or (None, None)
         tokens = slice(row.first_token, row.first_token + row.num_tokens)
         old = row.slots[: row.retained]
-        k = torch.cat([key_cache[old], key[tokens]])
-        v = torch.cat([value_cache[old], value[tokens]])
+        k = torch.cat([_read(key_cache, old, k_scale, key.dtype), key[tokens]])
+        v = torch.cat([_read(value_cache, old, v_scale, value.dtype), value[tokens]])
         # Retained entries are visible to every query of the chunk; the chunk is causal.
         n = row.retained + row.num_tokens
         mask = torch.ones(row.num_tokens, n, dtype=torch.bool, device=k.device)
@@ -237,8 +256,8 @@ class TovaTorchImpl(AttentionImpl):
             ]
         )
         target = row.slots[free]
-        key_cache[target] = k[new_kept]
-        value_cache[target] = v[new_kept]
+        _write(key_cache, target, k[new_kept], k_scale)
+        _write(value_cache, target, v[new_kept], v_scale)
         if accumulated is not None:
             self.state.write(old[kept_old], None, accumulated[: row.retained][kept_old])
         self.state.write(
@@ -246,3 +265,12 @@ class TovaTorchImpl(AttentionImpl):
             None if positions is None else positions[new_kept],
             None if accumulated is None else accumulated[new_kept],
         )
+
+
+def _read(cache: torch.Tensor, slots: torch.Tensor, scale: torch.Tensor | None, dtype) -> torch.Tensor:
+    """Entries at ``slots`` as attended (dequantized where ``scale`` marks an FP8 cache)."""
+    return cache[slots] if scale is None else fp8.dequantize(cache[slots], scale, dtype)
+
+
+def _write(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor, scale: torch.Tensor | None) -> None:
+    cache[slots] = values if scale is None else fp8.quantize(values, scale)

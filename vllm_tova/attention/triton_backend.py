@@ -14,6 +14,10 @@ the packed-slot invariant), but nothing in a layer's forward waits on the GPU:
 The baseline policies (window, sink, h2o) score from the per-slot history of slot_state.py,
 kept by the same kernels (and the chunk copy) exactly as the torch backend keeps it.
 
+FP8 caches (fp8.py): the decode kernels read and write e4m3 with the layer's scales; prompt
+chunks gather retained entries dequantized, attend new tokens as they will be stored, and
+compaction copies the new tokens' e4m3 bytes, quantized once, into their slots.
+
 CUDA graphs: a pure-decode step (one new token per row; vLLM pads such a batch with empty
 rows of seq_len 0) can be replayed as one full graph. Its rows and tokens are slices of a
 persistent arange, seq_lens and the block table are the model runner's persistent buffers,
@@ -36,7 +40,7 @@ from vllm.v1.attention.backend import (
     CommonAttentionMetadata,
 )
 
-from vllm_tova.attention import eviction_log, triton_kernels
+from vllm_tova.attention import eviction_log, fp8, triton_kernels
 from vllm_tova.attention.metadata import host_lengths
 from vllm_tova.attention.torch_backend import TovaTorchBackend, TovaTorchImpl
 from vllm_tova.config import TovaConfig
@@ -335,9 +339,12 @@ class TovaTritonImpl(TovaTorchImpl):
     ) -> torch.Tensor:
         if attn_metadata is None:  # profiling run
             return output
+        if self.fp8:
+            kv_cache = fp8.byte_view(kv_cache)
         key_cache, value_cache = kv_cache.unbind(0)
         self._ensure_state(key_cache)
         md = attn_metadata
+        scales = (layer._k_scale, layer._v_scale) if self.fp8 else None
         if md.decode is not None:
             evicted = triton_kernels.tova_decode(
                 query, key, value, key_cache, value_cache, md.block_table, md.seq_lens,
@@ -349,21 +356,39 @@ class TovaTritonImpl(TovaTorchImpl):
                 positions=self.state.positions,
                 accumulated=self.state.accumulated,
                 sinks=getattr(self.policy, "sinks", 4),
+                kv_scales=scales,
             )
             eviction_log.record(evicted)
         if md.chunks is not None:
-            self._absorb(md.chunks, query, key, value, key_cache, value_cache, output)
+            self._absorb(md.chunks, query, key, value, key_cache, value_cache, output, scales)
         return output
 
-    def _absorb(self, c: ChunkBatch, query, key, value, key_cache, value_cache, output) -> None:
+    def _absorb(
+        self, c: ChunkBatch, query, key, value, key_cache, value_cache, output, scales=None
+    ) -> None:
+        """``scales``: (k_scale, v_scale) of an FP8 cache, else None."""
         flat_k, flat_v = key_cache.flatten(0, 1), value_cache.flatten(0, 1)
         shape = (c.packed, self.num_kv_heads, self.head_size)
         packed_k = torch.empty(shape, dtype=key.dtype, device=key.device)
         packed_v = torch.empty(shape, dtype=value.dtype, device=value.device)
-        packed_k[c.old_dst] = flat_k[c.old_slots]
-        packed_v[c.old_dst] = flat_v[c.old_slots]
-        packed_k[c.chunk_dst] = key[c.query_tokens]
-        packed_v[c.chunk_dst] = value[c.query_tokens]
+        chunk_k, chunk_v = key[c.query_tokens], value[c.query_tokens]
+        if scales is None:
+            packed_k[c.old_dst] = flat_k[c.old_slots]
+            packed_v[c.old_dst] = flat_v[c.old_slots]
+            packed_k[c.chunk_dst] = chunk_k
+            packed_v[c.chunk_dst] = chunk_v
+            source_k, source_v = packed_k, packed_v
+        else:
+            packed_k[c.old_dst] = fp8.dequantize(flat_k[c.old_slots], scales[0], key.dtype)
+            packed_v[c.old_dst] = fp8.dequantize(flat_v[c.old_slots], scales[1], value.dtype)
+            # Compaction copies kept chunk tokens only: their e4m3 bytes (uint8, as the cache),
+            # at their packed index.
+            source_k = torch.empty(shape, dtype=torch.uint8, device=key.device)
+            source_v = torch.empty(shape, dtype=torch.uint8, device=value.device)
+            stored_k, stored_v = fp8.quantize(chunk_k, scales[0]), fp8.quantize(chunk_v, scales[1])
+            source_k[c.chunk_dst], source_v[c.chunk_dst] = stored_k, stored_v
+            packed_k[c.chunk_dst] = fp8.dequantize(stored_k, scales[0], key.dtype)
+            packed_v[c.chunk_dst] = fp8.dequantize(stored_v, scales[1], value.dtype)
         chunk_query = query[c.query_tokens]
         output[c.query_tokens] = self._chunk_attention(c, chunk_query, packed_k, packed_v)
 
@@ -402,7 +427,7 @@ class TovaTritonImpl(TovaTorchImpl):
             # Every retained entry's sum, kept or not: a freed slot gets its new token's below.
             self.state.accumulated[c.old_slots] = accumulated[c.old_dst]
         triton_kernels.copy_slots(
-            packed_k, packed_v, flat_k, flat_v,
+            source_k, source_v, flat_k, flat_v,
             (c.cu_k[:-1, None].long() + keep).flatten(),
             (blocks * block_size + target % block_size).flatten(),
             write.flatten(),

@@ -26,6 +26,12 @@ token's position (and accumulated weight) into the slot it lands in.
 Storing logits costs 4 bytes per query head per slot, against 2 * head_size * dtype bytes per
 KV head per slot for reading K/V again: a few percent of the traffic instead of half of it.
 Logits are kept in base 2 (scaled by log2(e)) so the kernels use exp2 throughout.
+
+FP8 caches (``FP8``, fp8.py's format): step 1 converts e4m3 tiles to the query's dtype
+(exact) and applies the layer's scales to the logits and the output instead of to every
+element; the new token is round-tripped through e4m3 before it is attended (every entry is
+attended as stored), and step 3 stores it quantized. Logits, scores and softmax stay
+float32. Prompt-chunk compaction (``copy_slots``) copies e4m3 bytes as they are.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vllm_tova.attention import fp8
+
 LOG2E = 1.4426950408889634
 
 # Policy switches of the decode kernels (tl.constexpr: TOVA's kernels compile without the rest).
@@ -47,6 +55,21 @@ H2O: tl.constexpr = tl.constexpr(3)
 POLICY_CODES = {"tova": 0, "window": 1, "sink": 2, "h2o": 3}
 #: Policies whose decode score reads this step's attention (under TP: summed over ranks).
 ATTENTION_POLICIES = ("tova", "h2o")
+FP8_MAX: tl.constexpr = tl.constexpr(448.0)
+
+
+@triton.jit
+def _quantize(x, scale_ptr, DTYPE: tl.constexpr):
+    """fp8.quantize in a kernel: IEEE division (div_rn) as torch divides, saturation, then
+    the conversion's round to nearest even; equal bytes to the torch backend's."""
+    scaled = tl.math.div_rn(x.to(tl.float32), tl.load(scale_ptr))
+    return tl.clamp(scaled, -FP8_MAX, FP8_MAX).to(DTYPE)
+
+
+@triton.jit
+def _as_stored(x, scale_ptr, DTYPE: tl.constexpr):
+    """fp8.as_stored in float32: ``x`` as an FP8 cache of element type DTYPE gives it back."""
+    return _quantize(x, scale_ptr, DTYPE).to(tl.float32) * tl.load(scale_ptr)
 
 
 @triton.jit
@@ -64,6 +87,8 @@ def _decode_partial(
     part_out,  # (num_rows, H, splits, D) float32, unnormalised
     part_max,  # (num_rows, H, splits) float32
     part_sum,  # (num_rows, H, splits) float32
+    k_scale,  # () float32, if FP8
+    v_scale,
     scale_log2,
     budget,
     split_size,
@@ -82,6 +107,7 @@ def _decode_partial(
     BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     IEEE: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     i = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -106,6 +132,8 @@ def _decode_partial(
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, HEAD], tl.float32)
+    # FP8: cached tiles are used unscaled (e4m3 converts exactly); K's scale joins the logits'.
+    cached_scale = scale_log2 * tl.load(k_scale) if FP8 else scale_log2
     start = split * split_size
     end = tl.minimum(start + split_size, retained)
     for j0 in range(start, end, BLOCK_N):
@@ -119,11 +147,13 @@ def _decode_partial(
             mask=ok[:, None],
             other=0.0,
         )
+        if FP8:
+            k = k.to(q.dtype)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
-        s = tl.where(ok[None, :], s * scale_log2, float("-inf"))
+        s = tl.where(ok[None, :], s * cached_scale, float("-inf"))
         tl.store(
             logits + i * stride_lr + heads[:, None] * stride_lh + j[None, :],
             s,
@@ -139,16 +169,23 @@ def _decode_partial(
             mask=ok[:, None],
             other=0.0,
         )
+        if FP8:
+            v = v.to(q.dtype)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
         m_i = m_new
+    if FP8:
+        acc = acc * tl.load(v_scale)  # V's scale, once for the split's cached entries
 
     if (split == num_splits - 1) & (retained >= 0):
         # The new token: attended from the activations, its logit stored at column `retained`.
         k_new = tl.load(key_new + token * stride_kt + kv_head * stride_kh + d).to(tl.float32)
         v_new = tl.load(value_new + token * stride_vt + kv_head * stride_vh + d).to(tl.float32)
+        if FP8:
+            k_new = _as_stored(k_new, k_scale, key_cache.dtype.element_ty)
+            v_new = _as_stored(v_new, v_scale, value_cache.dtype.element_ty)
         s_new = tl.sum(q.to(tl.float32) * k_new[None, :], 1) * scale_log2
         tl.store(logits + i * stride_lr + heads * stride_lh + retained, s_new, mask=head_ok)
         m_new = tl.maximum(m_i, s_new)
@@ -391,6 +428,8 @@ def _decode_evict(
     columns,  # h2o: the new token's accumulated score at column ``retained``
     positions,
     accumulated,
+    k_scale,  # () float32, if FP8
+    v_scale,
     budget,
     stride_kt, stride_kh,
     stride_vt, stride_vh,
@@ -406,6 +445,7 @@ def _decode_evict(
     BLOCK_C: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     POLICY: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     """Grid (rows): full rows drop their weakest entry (the first minimum) and the new token
     takes its slot unless it is the weakest itself; rows below the budget append at
@@ -446,6 +486,9 @@ def _decode_evict(
         v_new = tl.load(
             value_new + token * stride_vt + kv[:, None] * stride_vh + d[None, :], mask=kv_ok[:, None]
         )
+        if FP8:
+            k_new = _quantize(k_new, k_scale, key_cache.dtype.element_ty)
+            v_new = _quantize(v_new, v_scale, value_cache.dtype.element_ty)
         tl.store(
             key_cache + block * stride_cb + offset * stride_cs + kv[:, None] * stride_ch + d[None, :],
             k_new,
@@ -611,6 +654,7 @@ def tova_decode(
     positions: torch.Tensor | None = None,
     accumulated: torch.Tensor | None = None,
     sinks: int = 4,
+    kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attend, score, evict and write for ``len(rows)`` decode rows; returns the evicted
     logical slot per row (-1 while the row is below the budget). ``longest`` bounds every
@@ -619,6 +663,7 @@ def tova_decode(
     its seq_len on the device). Rows with seq_len 0 (padding) only get a zero output.
     ``combine`` (tensor parallelism): turns the (rows, K + 1) rank-local head means of every
     column into the mean over all ranks' heads (an all-reduce), before the argmin.
+    ``kv_scales`` (FP8 caches, e4m3 or vLLM's uint8): the layer's (k_scale, v_scale), () float32.
 
     query/output (tokens, H, D); key/value (tokens, KV, D); caches (blocks, bs, KV, D).
     """
@@ -638,9 +683,13 @@ def tova_decode(
     # TOVA's launches never read the history buffers: any tensor stands in for them.
     positions = logits if positions is None else positions
     accumulated = logits if accumulated is None else accumulated
+    use_fp8 = kv_scales is not None
+    if use_fp8:
+        key_cache, value_cache = fp8.fp8_view(key_cache), fp8.fp8_view(value_cache)
+    k_scale, v_scale = kv_scales if use_fp8 else (logits, logits)  # unread without FP8
     _decode_partial[(num_rows, num_kv_heads, num_splits)](
         query, key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
-        logits, part_out, part_max, part_sum,
+        logits, part_out, part_max, part_sum, k_scale, v_scale,
         scale * LOG2E, budget, split_size,
         query.stride(0), query.stride(1),
         key.stride(0), key.stride(1),
@@ -652,7 +701,7 @@ def tova_decode(
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_max.stride(0), part_max.stride(1),
         GROUP=group, BLOCK_G=max(16, _pow2(group)), HEAD=head, BLOCK_N=block_n,
-        BLOCK_SIZE=block_size, IEEE=ieee,
+        BLOCK_SIZE=block_size, IEEE=ieee, FP8=use_fp8,
         num_warps=PARTIAL_WARPS, num_stages=PARTIAL_STAGES,
     )
     tensor_parallel = combine is not None and policy in ATTENTION_POLICIES
@@ -684,7 +733,7 @@ def tova_decode(
         )
     _decode_evict[(num_rows,)](
         key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
-        tile_best, tile_index, evicted, columns, positions, accumulated, budget,
+        tile_best, tile_index, evicted, columns, positions, accumulated, k_scale, v_scale, budget,
         key.stride(0), key.stride(1),
         value.stride(0), value.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
@@ -694,7 +743,7 @@ def tova_decode(
         columns.stride(0),
         NUM_KV_HEADS=num_kv_heads, BLOCK_KV=_pow2(num_kv_heads), HEAD=head,
         BLOCK_T=_pow2(workspace.tiles), BLOCK_C=workspace.block_c, BLOCK_SIZE=block_size,
-        POLICY=code,
+        POLICY=code, FP8=use_fp8,
         num_warps=1,
     )
     return evicted
@@ -713,8 +762,8 @@ def copy_slots(
     source_accumulated: torch.Tensor | None = None,
     accumulated: torch.Tensor | None = None,
 ) -> None:
-    """key_cache[target_slot[i]] = source_key[source_index[i]] where write[i] (caches flat);
-    likewise the per-slot history of the baseline policies, where given (positions, then
+    """key_cache[target_slot[i]] = source_key[source_index[i]] where write[i] (caches flat;
+    FP8 sources and caches are copied as e4m3 bytes); likewise the per-slot history of the baseline policies, where given (positions, then
     accumulated scores too), so a slot never keeps the history of the token it held."""
     n = source_index.numel()
     if n == 0:

@@ -11,6 +11,7 @@ from vllm.platforms import current_platform
 from vllm.utils.math_utils import cdiv
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
+from vllm_tova.attention import fp8
 from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, POLICY_KEY, TovaConfig, flag, label
 from vllm_tova.kv_manager import blocks_per_sequence
 from vllm_tova.patches.wrap import wrap
@@ -87,7 +88,16 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
             or any("sliding" in str(t) for t in getattr(model.hf_text_config, "layer_types", None) or ())
         ),
     }
+    cache_dtype = config.cache_config.cache_dtype
+    if cache_dtype not in fp8.SUPPORTED_KV_CACHE_DTYPES:
+        raise ValueError(
+            f"--kv-cache-dtype {cache_dtype} cannot be combined with {label(POLICY_KEY)}={settings.policy}; "
+            f"allowed: {', '.join(fp8.SUPPORTED_KV_CACHE_DTYPES)} (fp8 = fp8_e4m3, with per-layer "
+            "K and V scales as vLLM's own attention uses them)."
+        )
     if current_platform.is_cuda():
+        if fp8.is_fp8(cache_dtype) and not current_platform.has_device_capability(89):
+            refusals["an FP8 KV cache below compute capability 8.9 (--kv-cache-dtype auto)"] = True
         if settings.policy not in GPU_POLICIES:
             refusals[f"CUDA GPUs yet (their kernels serve {', '.join(GPU_POLICIES)})"] = True
         head_size = model.get_head_size()
