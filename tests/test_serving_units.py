@@ -95,10 +95,10 @@ def test_evictions_follow_tokens_absorbed_versus_budget() -> None:
     assert evicted_per_layer(100, 100, 128) == 72  # chunk crosses K: 200 -> 128
     assert evicted_per_layer(128, 1, 128) == 1  # decode at K
     assert evicted_per_layer(500, 256, 128) == 256  # a later chunk: all of it is trimmed
-    counter = EvictionCounter(budget=128, num_layers=30)
+    counter = EvictionCounter(num_layers=30)
     absorbed = 0
     for n in [256, 256, 100] + [1] * 15:  # a 612-token prompt in chunks of 256, 15 decode steps
-        counter.observe({"r": n}, {"r": absorbed})
+        counter.observe({"r": n}, {"r": absorbed}, {"r": 128})
         absorbed += n
     assert counter.total == 30 * (absorbed - 128)
 
