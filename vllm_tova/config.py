@@ -54,7 +54,11 @@ class TovaConfig:
     policy: str = "none"
     budget: int = 0
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
-    budget_max: int = 0
+    budget_max: int = 0  # 0: the same as ``budget``
+
+    def __post_init__(self) -> None:
+        if not self.budget_max:
+            object.__setattr__(self, "budget_max", self.budget)
 
     @property
     def enabled(self) -> bool:
