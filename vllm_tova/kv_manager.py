@@ -30,7 +30,7 @@ from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.request import Request
 
 from vllm_tova.config import TovaConfig
-from vllm_tova.request_params import is_exact, row_budget
+from vllm_tova.request_params import asks_exact, row_budget
 
 
 def blocks_per_sequence(budget: int, block_size: int) -> int:
@@ -83,23 +83,30 @@ class TovaKVCacheManager(FullAttentionManager):
         """Let the manager see each request (the scheduler's live dict) and its settings."""
         self.requests, self.max_model_len, self.settings = requests, max_model_len, settings
 
+    def _request(self, request_id: str) -> Request | None:
+        return self.requests.get(request_id) if self.requests is not None and self.settings else None
+
     def budget_of(self, request_id: str) -> int:
         """The request's K; the spec's (the largest allowed) before requests are attached."""
         assert isinstance(self.kv_cache_spec, TovaAttentionSpec)
-        request = self.requests.get(request_id) if self.requests is not None else None
-        if request is None or self.settings is None:
+        request = self._request(request_id)
+        if request is None:
             return self.kv_cache_spec.kv_budget
         return request_budget(request, self.settings, self.max_model_len)
 
+    def _exact(self, request_id: str) -> bool:
+        request = self._request(request_id)
+        return request is not None and asks_exact(_extra_args(request))
+
     def _clamp(self, request_id: str, num_tokens: int) -> int:
-        budget = self.budget_of(request_id)
-        if is_exact(budget, self.max_model_len):
+        if self._exact(request_id):
             return num_tokens
-        return min(num_tokens, blocks_per_sequence(budget, self.block_size) * self.block_size)
+        cap = blocks_per_sequence(self.budget_of(request_id), self.block_size)
+        return min(num_tokens, cap * self.block_size)
 
     def _reserve(self, request_id: str, num_tokens: int) -> int:
-        request = self.requests.get(request_id) if self.requests is not None else None
-        if request is not None and not is_exact(self.budget_of(request_id), self.max_model_len):
+        request = self._request(request_id)
+        if request is not None and not self._exact(request_id):
             num_tokens = max(num_tokens, final_length(request, self.max_model_len))
         return self._clamp(request_id, num_tokens)
 
@@ -113,10 +120,14 @@ class TovaKVCacheManager(FullAttentionManager):
         )
 
 
+def _extra_args(request: Request) -> dict | None:
+    params = request.sampling_params
+    return params.extra_args if params is not None else None
+
+
 def request_budget(request: Request, settings: TovaConfig, max_model_len: int) -> int:
     """A scheduled request's K (its ``extra_args``, validated by the front end)."""
-    params = request.sampling_params
-    return row_budget(params.extra_args if params is not None else None, settings, max_model_len)
+    return row_budget(_extra_args(request), settings, max_model_len)
 
 
 def final_length(request: Request, max_model_len: int) -> int:

@@ -58,9 +58,10 @@ def row_budget(extra_args: Mapping[str, Any] | None, settings: TovaConfig, max_m
     return int(extra_args.get(BUDGET_KEY, settings.budget))
 
 
-def is_exact(budget: int, max_model_len: int) -> bool:
-    """Whether a row with this K never evicts, so its blocks grow as in stock vLLM."""
-    return budget >= max_model_len
+def asks_exact(extra_args: Mapping[str, Any] | None) -> bool:
+    """Whether a (validated) request asked for exact attention: its blocks grow as in stock
+    vLLM, with nothing reserved ahead."""
+    return (extra_args or {}).get(POLICY_KEY) == "none"
 
 
 def check_extra_args(
