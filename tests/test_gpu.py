@@ -23,6 +23,7 @@ from tests.conftest import tova
 from tests.equivalence import check_against_reference, first_difference, generate_logged, prefix_agreement, replay_log
 from tests.preemption import run_preempting_once
 from vllm_tova.attention import eviction_log
+from vllm_tova.config import additional_config
 from vllm_tova.reference import TovaReference
 from vllm_tova.stats import open_llm
 
@@ -150,6 +151,44 @@ def test_matches_reference_and_isolation(
         f"[gpu] {runner} (async scheduling {async_scheduling}): {running} running requests preempted "
         f"mid-run replay exactly; the batch took {preempted_s:.2f} s against {batched_s:.2f} s unpreempted"
     )
+
+
+#: (prompt length, the request's extra_args, K of its reference: None = no eviction). The
+#: engine's default K is 128 and its maximum max_model_len, so `none` is allowed.
+MIXED_BUDGETS = [
+    (310, {"kv_budget": 64}, 64),
+    (1500, {}, BUDGET),
+    (900, {"kv_budget": 512}, 512),
+    (700, {"kv_policy": "none"}, None),
+    (2000, {"kv_budget": 512}, 512),
+    (130, {"kv_budget": 64}, 64),
+    (1200, {"kv_policy": "none"}, None),
+]
+
+
+@pytest.mark.parametrize("runner", ["v2", "v1"])
+def test_mixed_budgets_match_each_reference(runner: str, model_path: Path, austen_ids: list[int], reference) -> None:
+    """One engine, default compilation (full decode graphs captured once, replayed for any mix
+    of budgets): a batch mixing K=64, 128 (default), 512 and `none` follows each request's own
+    reference token for token; alone on the same engine and after every running request is
+    preempted mid-run, each gives the batch's tokens."""
+    prompts = [austen_ids[5_000 * i : 5_000 * i + n] for i, (n, _, _) in enumerate(MIXED_BUDGETS)]
+    params = [
+        SamplingParams(max_tokens=NUM_GENERATED, temperature=0, logprobs=1, ignore_eos=True, extra_args=extra or None)
+        for _, extra, _ in MIXED_BUDGETS
+    ]
+    config = dict(GPU_DEFAULTS, additional_config=additional_config("tova", BUDGET, CHUNK, budget_max=4096))
+    with model_runner(runner), open_llm(str(model_path), **config) as llm:
+        batched = [o.outputs[0] for o in llm.generate(_ids(prompts), params)]
+        alone = [list(llm.generate(_ids([p]), q)[0].outputs[0].token_ids) for p, q in zip(prompts, params)]
+        preempted, running = run_preempting_once(llm, prompts, params)
+    for (n, extra, budget), prompt, out in zip(MIXED_BUDGETS, prompts, batched):
+        expected = reference.generate(prompt, NUM_GENERATED, budget, CHUNK)
+        print("[gpu]", check_against_reference(f"{runner} mixed {extra or 'default'} prompt {n}", out, expected))
+    for (n, extra, _), out, a, c in zip(MIXED_BUDGETS, batched, alone, preempted):
+        assert list(out.token_ids) == a, f"{runner}: {extra} prompt {n} changed inside the mixed batch"
+        assert list(out.token_ids) == c, f"{runner}: {extra} prompt {n} changed after preemption"
+    assert running >= 2, f"{runner}: meant to preempt several running requests ({running})"
 
 
 #: Half-precision bounds: logprob drift on the prefix shared with the float32 reference, and
