@@ -11,7 +11,7 @@ server): ``engine_args`` (config adjustments and refusals), ``cli`` (the ``--kv-
 ``input_processor`` (per-request settings refused), ``beam_search`` (refused under a policy),
 ``core_client`` (TOVA stats decoded).
 Worker side (each process that builds the model): ``worker`` (the capped KV spec, CPU backend
-selection).
+selection), ``worker_memory`` (the CUDA decode workspace reserved before the KV pool is sized).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def apply_all() -> None:
     if _applied:
         return
     check_vllm_version()
-    from vllm_tova.patches import beam_search, cli, core_client, engine_args, input_processor, overrides, worker
+    from vllm_tova.patches import (
+        beam_search, cli, core_client, engine_args, input_processor, overrides, worker, worker_memory,
+    )  # fmt: skip
 
     overrides.check()
     # Engine side.
@@ -49,4 +51,5 @@ def apply_all() -> None:
     core_client.apply()
     # Worker side.
     worker.apply()
+    worker_memory.apply()
     _applied = True
