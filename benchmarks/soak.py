@@ -268,6 +268,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-bad", action="store_true", help="stream the bad requests too (see soak_client.bad_body)")
     p.add_argument("--label", default="", help="what code ran (e.g. a commit)")
     p.add_argument("--out", type=Path, required=True, help="JSON record (and .md beside it)")
+    p.add_argument("--log", type=Path, help="server log (default: --out with .log)")
     return p.parse_args(argv)
 
 
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan = Plan(model, prompts, references, len(SHORT), ENGINE["max_model_len"], args.budget, seed=args.seed,
                 stream_bad=args.stream_bad)
     flags = cli_flags(ENGINE) + cli_flags({f"kv_{k}": v for k, v in tova.items()})
-    log = args.out.with_suffix(".log")
+    log = args.log or args.out.with_suffix(".log")
     meta = {"label": args.label, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "machine": f"{_cpu_model()}, {os.cpu_count()} cores", "model": Path(model).name,
             "engine": ENGINE, "tova": tova, "loadavg_before": os.getloadavg()}  # fmt: skip
