@@ -142,10 +142,11 @@ async def _run(url: str, plan: Plan, draws: Iterable[Draw], clients: int, deadli
 
 
 def warmup_requests(plan: Plan) -> list[Draw]:
-    """Every prompt once (good) and every bad kind once, so RSS is measured after each path ran."""
+    """Every prompt once (good), every bad and every broken-off kind once, so that RSS is
+    measured after each path ran, and a short soak exercises every kind."""
     good = [(-1 - i, (GOOD, i, 0.0)) for i in range(len(plan.prompts))]
-    bad = [(-100 - i, (kind, 0, 0.0)) for i, kind in enumerate(BAD)]
-    return good + bad
+    others = [(-100 - i, (kind, 0, 1.0)) for i, kind in enumerate((*BAD, *BROKEN))]
+    return good + others
 
 
 def _wait_idle(url: str, timeout: float) -> dict:
@@ -201,12 +202,13 @@ def soak(url: str, pid: int, plan: Plan, clients: int, seconds: float, max_reque
 
 def _record(plan, clients, seconds, max_requests, warm, outcomes, probe, idle, after, load_s,
             rss_start, rss_samples, rss_end) -> dict:  # fmt: skip
-    failed = [o for o in (*warm, *outcomes, *probe) if not o.ok]
+    everything = [*warm, *outcomes, *probe]
+    failed = [o for o in everything if not o.ok]
     by_kind = {k: {"sent": 0, "ok": 0} for k in (GOOD, *BAD, *BROKEN)}
-    for o in outcomes:
+    for o in everything:
         by_kind[o.kind]["sent"] += 1
         by_kind[o.kind]["ok"] += o.ok
-    good_s = [o.seconds for o in outcomes if o.kind == GOOD and o.ok]
+    good_s = [o.seconds for o in outcomes if o.kind == GOOD and o.ok]  # under load only
     problems = [f"request {o.index} ({o.kind}, prompt {o.prompt}): {o.detail}" for o in failed]
     if after["kv_usage"] != 0 or after["running"] != 0 or after["waiting"] != 0:
         problems.append(f"after the load and {SETTLE_S:.0f} s to settle: {after} (want all 0)")
@@ -214,7 +216,8 @@ def _record(plan, clients, seconds, max_requests, warm, outcomes, probe, idle, a
         problems.append(f"server RSS grew {rss_end - rss_start:.1f} MiB > {RSS_GROWTH_MIB} MiB")
     return {
         "clients": clients, "seconds_limit": seconds, "max_requests": max_requests,
-        "load_seconds": round(load_s, 1), "requests": len(outcomes), "by_kind": by_kind,
+        "load_seconds": round(load_s, 1), "requests": len(everything), "requests_under_load": len(outcomes),
+        "by_kind": by_kind,
         "good_ok": by_kind[GOOD]["ok"], "bad_4xx": sum(by_kind[k]["ok"] for k in BAD),
         "bad_sent": sum(by_kind[k]["sent"] for k in BAD), "broken_sent": sum(by_kind[k]["sent"] for k in BROKEN),
         "failed": len(failed), "good_p50_s": round(percentile(good_s, 50), 2),
@@ -237,7 +240,8 @@ def write_record(record: dict, out: Path) -> None:
         f"{record.get('machine', '')}; {record.get('date_utc', '')} UTC; load average before "
         f"{record.get('loadavg_before', '')}, after {record.get('loadavg_after', '')}\n\n"
         f"{record['clients']} clients, {record['load_seconds']} s of load (limit {record['seconds_limit']} s, "
-        f"{record['max_requests']} requests), {record['requests']} requests; failed: {record['failed']}\n\n"
+        f"{record['max_requests']} requests): {record['requests_under_load']} requests under load, "
+        f"{record['requests']} with the warm-up and the probe after it; failed: {record['failed']}\n\n"
         "| kind | sent | as expected |\n|---|---:|---:|\n" + rows + "\n\n"
         f"Good requests' latency p50 / p99: {record['good_p50_s']} / {record['good_p99_s']} s.\n\n"
         f"After the load: {record['after_probe']} (KV usage, running, waiting).\n\n"
