@@ -27,9 +27,11 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from subprocess import Popen
 
 from benchmarks.serve_load import percentile
 from benchmarks.server import metric, scrape
@@ -43,6 +45,12 @@ from benchmarks.soak_client import BAD, BROKEN, GOOD, Outcome, Prompt, bad_body,
 # soak is ~40 MiB, a leaked response buffer per request more: 64 MiB catches those.
 RSS_GROWTH_MIB = 64.0
 SETTLE_S = 60.0  # after the load, how long the engine may take to finish what is in flight
+# glibc's malloc raises its mmap threshold as large blocks are freed, then serves later large
+# blocks from a heap it rarely returns: the TOVA torch backend's step-sized tensors then grow
+# the worker's RSS for minutes without any leak (measured: +374 MiB in 5 minutes; +3.7 MiB
+# with the threshold fixed, the same requests). A fixed threshold makes RSS follow live
+# memory, so a leak shows; vLLM's CPU guide recommends tcmalloc for the same reason.
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 @dataclass(frozen=True)
@@ -103,18 +111,32 @@ def reference_texts(llm, prompts: list[Prompt]) -> list[str]:
     return [o.outputs[0].text for o in outs]
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of a process and all its descendants (the engine runs in children)."""
+def tree_rss_mib(pid: int) -> dict[str, float]:
+    """Resident memory (MiB) of a process and each descendant (the engine runs in children),
+    by process name (``VLLM::EngineCor``, ``VLLM::Worker``, the API server's)."""
     import psutil
 
     root = psutil.Process(pid)
-    total = 0
+    by_name: dict[str, float] = {}
     for p in [root, *root.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            name = "api_server" if p.pid == pid else p.name()
+            by_name[name] = by_name.get(name, 0.0) + p.memory_info().rss / 2**20
         except psutil.NoSuchProcess:
             pass
-    return total / 2**20
+    return by_name
+
+
+@contextmanager
+def soak_server(model: str, flags: list[str], log: Path, default_malloc: bool = False) -> Iterator[tuple[str, Popen]]:
+    """``vllm serve MODEL FLAGS`` (its URL and process), with glibc's mmap threshold fixed
+    unless ``default_malloc`` (see ``FIXED_MMAP_THRESHOLD``)."""
+    from benchmarks.server import VLLM, server_process
+    from benchmarks.tensor_parallel import environment
+
+    with environment(**({} if default_malloc else FIXED_MMAP_THRESHOLD)):
+        with server_process([VLLM, "serve", model, *flags], log) as (url, proc):
+            yield url, proc
 
 
 Draw = tuple[int, tuple[str, int, float]]  # (request index, (kind, prompt, cancel delay))
@@ -174,7 +196,7 @@ def soak(url: str, pid: int, plan: Plan, clients: int, seconds: float, max_reque
 
     async def sample_rss(stop: asyncio.Event) -> None:
         while not stop.is_set():
-            rss_samples.append(tree_rss_mib(pid))
+            rss_samples.append(sum(tree_rss_mib(pid).values()))
             try:
                 await asyncio.wait_for(stop.wait(), 5.0)
             except asyncio.TimeoutError:
@@ -201,7 +223,8 @@ def soak(url: str, pid: int, plan: Plan, clients: int, seconds: float, max_reque
 
 
 def _record(plan, clients, seconds, max_requests, warm, outcomes, probe, idle, after, load_s,
-            rss_start, rss_samples, rss_end) -> dict:  # fmt: skip
+            rss_start_by, rss_samples, rss_end_by) -> dict:  # fmt: skip
+    rss_start, rss_end = sum(rss_start_by.values()), sum(rss_end_by.values())
     everything = [*warm, *outcomes, *probe]
     failed = [o for o in everything if not o.ok]
     by_kind = {k: {"sent": 0, "ok": 0} for k in (GOOD, *BAD, *BROKEN)}
@@ -223,7 +246,9 @@ def _record(plan, clients, seconds, max_requests, warm, outcomes, probe, idle, a
         "failed": len(failed), "good_p50_s": round(percentile(good_s, 50), 2),
         "good_p99_s": round(percentile(good_s, 99), 2), "idle_after_load": idle, "after_probe": after,
         "rss_mib": {"after_warmup": round(rss_start, 1), "peak_during_load": round(max(rss_samples, default=0), 1),
-                    "after_load": round(rss_end, 1), "bound_growth": RSS_GROWTH_MIB},
+                    "after_load": round(rss_end, 1), "bound_growth": RSS_GROWTH_MIB,
+                    "after_warmup_by_process": {k: round(v, 1) for k, v in rss_start_by.items()},
+                    "after_load_by_process": {k: round(v, 1) for k, v in rss_end_by.items()}},
         "rss_samples_mib": [round(x, 1) for x in rss_samples],
         "prompts": [{"tokens": len(p.token_ids), "max_tokens": p.max_tokens} for p in plan.prompts],
         "mix": asdict(plan.mix), "stream_bad": plan.stream_bad, "problems": problems,
@@ -266,9 +291,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=5.0, help="load time limit")
     p.add_argument("--clients", type=int, default=64, help="requests in flight")
     p.add_argument("--max-requests", type=int, default=4000, help="request count limit")
+    p.add_argument("--policy", default="tova", help="'none': stock vLLM (the plugin loaded, no policy), as a baseline")
     p.add_argument("--budget", type=int, default=128, help="K")
     p.add_argument("--prefill-chunk", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's mmap threshold dynamic (see FIXED_MMAP_THRESHOLD)")
     p.add_argument("--stream-bad", action="store_true", help="stream the bad requests too (see soak_client.bad_body)")
     p.add_argument("--label", default="", help="what code ran (e.g. a commit)")
     p.add_argument("--out", type=Path, required=True, help="JSON record (and .md beside it)")
@@ -282,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from benchmarks.overload import _cpu_model
-    from benchmarks.server import VLLM, cli_flags, server_process
+    from benchmarks.server import cli_flags
     from vllm_tova import assets
     from vllm_tova.config import additional_config
     from vllm_tova.stats import open_llm
@@ -290,17 +317,19 @@ def main(argv: list[str] | None = None) -> dict:
     model = str(assets.smollm2_path())
     ids = AutoTokenizer.from_pretrained(model)(assets.austen_text("emma")[:300_000]).input_ids
     prompts = soak_prompts(ids, SHORT + LONG, [SHORT_GEN] * len(SHORT) + [LONG_GEN] * len(LONG))
-    tova = dict(policy="tova", budget=args.budget, prefill_chunk=args.prefill_chunk)
-    with open_llm(model, **ENGINE, additional_config=additional_config(*tova.values())) as llm:
+    tova = dict(policy=args.policy, budget=args.budget, prefill_chunk=args.prefill_chunk)
+    stock = args.policy == "none"
+    with open_llm(model, **ENGINE, additional_config={} if stock else additional_config(*tova.values())) as llm:
         references = reference_texts(llm, prompts)
     plan = Plan(model, prompts, references, len(SHORT), ENGINE["max_model_len"], args.budget, seed=args.seed,
                 stream_bad=args.stream_bad)
-    flags = cli_flags(ENGINE) + cli_flags({f"kv_{k}": v for k, v in tova.items()})
+    flags = cli_flags(ENGINE) + ([] if stock else cli_flags({f"kv_{k}": v for k, v in tova.items()}))
     log = args.log or args.out.with_suffix(".log")
     meta = {"label": args.label, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "machine": f"{_cpu_model()}, {os.cpu_count()} cores", "model": Path(model).name,
-            "engine": ENGINE, "tova": tova, "loadavg_before": os.getloadavg()}  # fmt: skip
-    with server_process([VLLM, "serve", model, *flags], log) as (url, proc):
+            "engine": ENGINE, "tova": tova, "loadavg_before": os.getloadavg(),
+            "server_env": {} if args.default_malloc else FIXED_MMAP_THRESHOLD}  # fmt: skip
+    with soak_server(model, flags, log, args.default_malloc) as (url, proc):
         record = soak(url, proc.pid, plan, args.clients, args.minutes * 60, args.max_requests)
         record["server_alive"] = proc.poll() is None
     if not record["server_alive"]:

@@ -3,7 +3,7 @@
 Half a minute of load with a dozen streaming clients, after a warm-up that sends every good
 prompt and every bad and broken-off kind once: every good text equals the offline engine's,
 every bad request gets a 4xx, the server keeps serving, KV usage returns to 0 and RSS stays
-within ``soak.RSS_GROWTH_MIB``. The 5-minute, 64-client run is recorded in
+within ``soak.RSS_GROWTH_MIB`` (glibc's mmap threshold fixed: ``soak.FIXED_MMAP_THRESHOLD``). The 5-minute, 64-client run is recorded in
 benchmarks/results/reliability/.
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.server import VLLM, server_process
-from benchmarks.soak import Plan, reference_texts, soak, soak_prompts
+from benchmarks.soak import Plan, reference_texts, soak, soak_prompts, soak_server
 from benchmarks.soak_client import BAD, BROKEN, GOOD
 from tests.conftest import ENGINE_DEFAULTS, tova
 from tests.server import serve_flags
@@ -28,7 +27,7 @@ def test_short_soak(engines, model_path: Path, austen_ids: list[int], tmp_path: 
     engines.close()  # one engine alive at a time
     plan = Plan(str(model_path), prompts, references, len(SHORT), ENGINE_DEFAULTS["max_model_len"], BUDGET)
     flags = serve_flags() + ["--kv-policy", "tova", "--kv-budget", str(BUDGET), "--kv-prefill-chunk", str(CHUNK)]
-    with server_process([VLLM, "serve", str(model_path), *flags], tmp_path / "server.log") as (url, proc):
+    with soak_server(str(model_path), flags, tmp_path / "server.log") as (url, proc):
         record = soak(url, proc.pid, plan, CLIENTS, SECONDS, MAX_REQUESTS)
         alive = proc.poll() is None
     summary = {k: record[k] for k in ("requests", "by_kind", "after_probe", "rss_mib")}
