@@ -1,6 +1,7 @@
 """Planted bugs, and the fast tests that must catch each: evidence that the tests can fail.
 
     python -m tests.mutations [--out benchmarks/results/correctness/mutations.md]
+    python -m tests.mutations --soak   # the soak's planted bugs (benchmarks/results/reliability/)
 
 Each mutant replaces one line of the package's source in a temporary copy of the working
 tree, then runs its tests (``FAST_TESTS`` for the package's source, the hand-worked examples
@@ -26,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "benchmarks" / "results" / "correctness" / "mutations.md"
+SOAK_RECORD = REPO / "benchmarks" / "results" / "reliability" / "soak-mutations.md"
 
 #: The CPU unit level: no engine, no model; about 20 s per run, most of it importing vLLM.
 FAST_TESTS = [
@@ -240,6 +242,48 @@ FP8_MUTANTS = [
 ]
 
 
+#: Server faults that only a run under load shows, and the soak test that must catch each
+#: (record only, ~3 min each: ``--soak``; CI runs the soak test itself once).
+SOAK_TESTS = ("tests/test_soak.py",)
+SOAK_MUTANTS = [
+    Mutant(
+        "one KV block kept by every aborted request (cancelled or reset streams)",
+        "vllm_tova/kv_manager.py",
+        "    def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:\n",
+        "    def free(self, request_id: str) -> None:\n"
+        "        request = self.requests.get(request_id) if self.requests is not None else None\n"
+        "        blocks = self.req_to_blocks.get(request_id)\n"
+        "        if request is not None and request.status.name == 'FINISHED_ABORTED' and blocks:\n"
+        "            blocks.pop()\n"
+        "        super().free(request_id)\n\n"
+        "    def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:\n",
+        SOAK_TESTS,
+    ),
+    Mutant(
+        "a prompt chunk cut short by the step's token budget is scheduled anyway (outputs depend on the batch)",
+        "vllm_tova/scheduler.py",
+        "return wanted if num_new_tokens >= wanted else 0",
+        "return min(wanted, num_new_tokens)",
+        SOAK_TESTS,
+    ),
+    Mutant(
+        "unknown kv_* keys ignored (prefix test never matches)",
+        "vllm_tova/config.py",
+        "key.startswith(KEY_PREFIX) and key not in KEYS",
+        "key.startswith(KEY_PREFIX + '_') and key not in KEYS",
+        SOAK_TESTS,
+    ),
+    Mutant(
+        "the front end keeps 8 MiB per request",
+        "vllm_tova/patches/input_processor.py",
+        "        check_extra_args(params.extra_args, settings)",
+        "        check_extra_args(params.extra_args, settings)\n"
+        "        _validate_params.__dict__.setdefault('kept', []).append(b'x' * (8 << 20))",
+        SOAK_TESTS,
+    ),
+]
+
+
 @dataclass
 class Outcome:
     mutant: Mutant | None  # None: the unmutated tree
@@ -276,10 +320,10 @@ def apply(mutant: Mutant, tree: Path) -> None:
     path.write_text(text.replace(mutant.old, mutant.new))
 
 
-def run(mutant: Mutant | None) -> Outcome:
-    """Run the mutant's tests on a copy of the tree with it applied (None: all fast tests
-    on the tree as it is)."""
-    tests = FAST_TESTS if mutant is None else list(mutant.tests)
+def run(mutant: Mutant | None, tests: tuple[str, ...] | None = None) -> Outcome:
+    """Run the mutant's tests (or ``tests``) on a copy of the tree with it applied (None: the
+    fast tests, or ``tests``, on the tree as it is)."""
+    tests = list(tests) if tests else FAST_TESTS if mutant is None else list(mutant.tests)
     with tempfile.TemporaryDirectory(prefix="tova-mutant-") as tmp:
         tree = Path(tmp)
         copy_tree(tree)
@@ -315,7 +359,7 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def render(outcomes: list[Outcome], command: str) -> str:
+def render(outcomes: list[Outcome], command: str, tests: list[str] | tuple[str, ...] = tuple(FAST_TESTS)) -> str:
     baseline, mutants = outcomes[0], outcomes[1:]
     lines = [
         "# Mutation check: planted bugs and the tests that catch them",
@@ -324,8 +368,8 @@ def render(outcomes: list[Outcome], command: str) -> str:
         f"- commit: {_commit()}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {_machine()}",
-        f"- fast tests: {', '.join(f'`{t}`' for t in FAST_TESTS)}",
-        f"- unmutated tree, fast tests: {baseline.summary} ({baseline.seconds:.0f} s)",
+        f"- tests: {', '.join(f'`{t}`' for t in tests)}",
+        f"- unmutated tree, the same tests: {baseline.summary} ({baseline.seconds:.0f} s)",
         f"- mutants caught: {sum(o.caught for o in mutants)}/{len(mutants)}",
         "",
     ]
@@ -349,11 +393,14 @@ def render(outcomes: list[Outcome], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=RECORD)
+    parser.add_argument("--out", type=Path, default=None, help=f"default {RECORD} ({SOAK_RECORD} with --soak)")
+    parser.add_argument("--soak", action="store_true", help="the soak's mutants, against tests/test_soak.py")
     args = parser.parse_args(argv)
+    tests = SOAK_TESTS if args.soak else tuple(FAST_TESTS)
+    out = args.out or (SOAK_RECORD if args.soak else RECORD)
     outcomes = []
-    for mutant in [None, *MUTANTS, *REFERENCE_MUTANTS, *HALF_STATS_MUTANTS, *FP8_MUTANTS]:
-        outcome = run(mutant)
+    for mutant in [None, *(SOAK_MUTANTS if args.soak else [*MUTANTS, *REFERENCE_MUTANTS, *HALF_STATS_MUTANTS, *FP8_MUTANTS])]:
+        outcome = run(mutant, tests if mutant is None else None)
         name = "unmutated tree" if mutant is None else mutant.name
         print(f"{name}: {'caught' if outcome.caught else 'not caught'} ({outcome.summary})", flush=True)
         for line in outcome.failures:
@@ -364,9 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m tests.mutations", *given])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(outcomes, command) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(outcomes, command, tests) + "\n")
+    print(f"wrote {out}")
     return 0 if all(o.caught for o in outcomes[1:]) else 1
 
 

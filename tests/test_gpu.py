@@ -312,3 +312,53 @@ def test_fp8_against_bf16_beside_stock(model_path: Path, austen_ids: list[int]) 
     assert ours[1] <= FP8_DRIFT_FACTOR * stock[1] + FP8_DRIFT_SLACK, f"drift {ours[1]:.4f} vs stock {stock[1]:.4f}"
     assert ours[2] <= abs(stock[2]) + FP8_NLL_SLACK, f"NLL change {ours[2]:+.4f} vs stock {stock[2]:+.4f}"
     assert ours[0] >= FP8_MIN_AGREEMENT and ours[1] <= FP8_MAX_MEAN_DRIFT, ours
+
+
+#: K >= max_model_len: TOVA's GPU memory beside the KV pool, less the decode workspace it
+#: reserves before the pool is sized, may exceed stock's by at most this. What else differs
+#: at the peak: the builders' persistent buffers (an int32 arange of max_num_seqs against
+#: FlashAttention's metadata: KiB), the pool's rounding to whole blocks (one block here is
+#: 16 x 30 layers x 2 x 3 x 64 x 4 B = 0.7 MiB), and prompt-chunk transients, which stay under
+#: the MLP peak of vLLM's profile run. The workspace here is ~85 MiB (256 rows x 9 heads x
+#: 8,193 fp32 logits and the columns), so an unreserved one fails by ten times the bound.
+MEMORY_BOUND_MIB = 8.0
+
+
+def _peak_beside_pool(model_path: Path, prompts: list[list[int]], extra: dict) -> dict[str, float]:
+    """One engine in this process (so torch's own counters see it): peak allocated bytes less
+    the KV pool, the pool, and what the TOVA worker reserved for its workspace (MiB)."""
+    from vllm_tova.attention.triton_backend import multiprocessor_count
+    from vllm_tova.patches.worker_memory import reserved_bytes
+    from vllm_tova.stats import kv_block_bytes
+
+    config = dict(GPU_DEFAULTS, max_model_len=8192, max_num_seqs=256, max_num_batched_tokens=8192,
+                  enforce_eager=True, **extra)  # fmt: skip
+    params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with environment(VLLM_ENABLE_V1_MULTIPROCESSING="0"), model_runner("v2"):
+        with open_llm(str(model_path), **config) as llm:
+            llm.generate(_ids(prompts), params, use_tqdm=False)
+            torch.cuda.synchronize()
+            vllm_config = llm.llm_engine.vllm_config
+            cache = vllm_config.cache_config
+            pool = cache.num_gpu_blocks * kv_block_bytes(str(model_path), config["dtype"], cache.block_size)
+            reserved = reserved_bytes(vllm_config, multiprocessor_count(torch.device("cuda")))
+            peak = torch.cuda.max_memory_allocated() - base
+    mib = 2**20
+    return {"beside": (peak - pool) / mib, "pool": pool / mib, "reserved": reserved / mib, "total": peak / mib}
+
+
+def test_workspace_counted_before_the_pool(model_path: Path, austen_ids: list[int]) -> None:
+    """K >= max_model_len on the default path (V2 runner): the decode workspace is the only
+    memory TOVA adds beside the pool, and the pool gives it up, so the engine stays within
+    the memory vLLM budgeted for stock."""
+    lengths = [100 + (i * 37) % 1400 for i in range(256)]  # 256 decode rows, chunked prompts
+    prompts = [austen_ids[(211 * i) % 50_000 :][:n] for i, n in enumerate(lengths)]
+    stock = _peak_beside_pool(model_path, prompts, {})
+    ours = _peak_beside_pool(model_path, prompts, {"additional_config": tova(16_384, CHUNK)})
+    print(f"[gpu] memory MiB, stock {stock}, TOVA K=16384 {ours}")
+    assert stock["reserved"] == 0 and ours["reserved"] > 4 * MEMORY_BOUND_MIB, ours
+    assert ours["beside"] - ours["reserved"] <= stock["beside"] + MEMORY_BOUND_MIB, (stock, ours)
+    assert ours["total"] <= stock["total"] + MEMORY_BOUND_MIB, (stock, ours)

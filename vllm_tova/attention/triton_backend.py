@@ -30,7 +30,7 @@ prompt chunks run attention eagerly between piecewise graph pieces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,37 @@ def workspace_budget(budget: int, max_model_len: int) -> int:
     return min(budget, max_model_len)
 
 
+@dataclass(frozen=True)
+class WorkspaceSize:
+    """The decode workspace's dimensions (``DecodeWorkspace``'s arguments)."""
+
+    num_heads: int
+    head_size: int
+    budget: int
+    max_rows: int
+    max_split_rows: int
+
+
+def workspace_size(vllm_config, num_sms: int) -> WorkspaceSize:
+    """What a step can really hold: a row never retains max_model_len entries or more (a
+    budget above that evicts nothing and sizes nothing), and a decode step has at most one
+    row per sequence and per token of the step's budget."""
+    model, parallel, sched = vllm_config.model_config, vllm_config.parallel_config, vllm_config.scheduler_config
+    budget = workspace_budget(
+        TovaConfig.from_additional_config(vllm_config.additional_config).budget_max, model.max_model_len
+    )
+    max_rows = min(sched.max_num_seqs, sched.max_num_batched_tokens)
+    split_rows = triton_kernels.max_split_rows(
+        max_rows, model.get_num_kv_heads(parallel), budget + 1, num_sms, TovaTritonMetadataBuilder.block_n
+    )
+    return WorkspaceSize(model.get_num_attention_heads(parallel), model.get_head_size(), budget, max_rows, split_rows)
+
+
+def workspace_bytes(vllm_config, num_sms: int) -> int:
+    """Bytes of one builder's decode workspace, known before any builder exists."""
+    return triton_kernels.DecodeWorkspace.nbytes(**asdict(workspace_size(vllm_config, num_sms)))
+
+
 def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of the device, which choose_splits spreads the work over."""
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -131,37 +162,21 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        model = vllm_config.model_config
-        # The workspace is allocated outside vLLM's memory profiling, so it is sized by what a
-        # step can really hold: a row never retains max_model_len entries or more (a budget
-        # above that evicts nothing and sizes nothing), and a decode step has at most one row
-        # per token of the step's budget.
-        settings = TovaConfig.from_additional_config(vllm_config.additional_config)
-        self.budget = workspace_budget(settings.budget_max, model.max_model_len)
-        self.default_budget = settings.budget
-        self.block_size = kv_cache_spec.block_size
-        parallel = vllm_config.parallel_config
-        self.num_kv_heads = model.get_num_kv_heads(parallel)
         self.num_sms = multiprocessor_count(device)
-        sched = vllm_config.scheduler_config
-        self.max_rows = min(sched.max_num_seqs, sched.max_num_batched_tokens)
+        size = workspace_size(vllm_config, self.num_sms)
+        self.budget, self.max_rows = size.budget, size.max_rows
+        self.block_size = kv_cache_spec.block_size
+        self.num_kv_heads = vllm_config.model_config.get_num_kv_heads(vllm_config.parallel_config)
         # Row and flat-token indices of a pure-decode batch (row i holds token i): slices of
         # one buffer, so a captured graph finds them at the same address on every replay.
         self.arange = torch.arange(self.max_rows, dtype=torch.int32, device=device)
         # Each request row's K, refilled every step (a graph reads it at the same address).
+        self.default_budget = TovaConfig.from_additional_config(vllm_config.additional_config).budget
+        sched = vllm_config.scheduler_config
         self.row_budgets = torch.full(
             (max(sched.max_num_seqs, self.max_rows),), self.default_budget, dtype=torch.int32, device=device
         )
-        self.workspace = triton_kernels.DecodeWorkspace(
-            model.get_num_attention_heads(parallel),
-            model.get_head_size(),
-            self.budget,
-            device,
-            max_rows=self.max_rows,
-            max_split_rows=triton_kernels.max_split_rows(
-                self.max_rows, self.num_kv_heads, self.budget + 1, self.num_sms, self.block_n
-            ),
-        )
+        self.workspace = triton_kernels.DecodeWorkspace(**asdict(size), device=device)
 
     def build(
         self,

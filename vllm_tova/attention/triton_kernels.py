@@ -601,18 +601,40 @@ class DecodeWorkspace:
     ) -> None:
         self.num_heads, self.head_size, self.budget, self.device = num_heads, head_size, budget, device
         self.rows, self.splits = max_rows, max_split_rows  # capacities: rows, rows x splits
-        # Column tiles of the score pass: about 4096 (head, column) pairs per program (tests
-        # pass a smaller block_c to give a small budget several tiles).
-        self.block_c = block_c or max(16, 4096 // _pow2(num_heads))
+        self.block_c = self.column_tile(num_heads, block_c)
         self.tiles = math.ceil((budget + 1) / self.block_c)
-        f32 = dict(dtype=torch.float32, device=device)
-        self.logits = torch.empty(max_rows, num_heads, budget + 1, **f32)
-        self.evicted = torch.empty(max_rows, dtype=torch.int32, device=device)
-        self.tile_best = torch.empty(max_rows, self.tiles, **f32)
-        self.tile_index = torch.empty(max_rows, self.tiles, dtype=torch.int32, device=device)
-        self.columns = torch.empty(max_rows, budget + 1, **f32)
-        self.part_out = torch.empty(max_split_rows * num_heads * head_size, **f32)
-        self.part_stats = torch.empty(2, max_split_rows * num_heads, **f32)
+        for name, (shape, dtype) in self.shapes(num_heads, head_size, budget, max_rows, max_split_rows, block_c).items():
+            setattr(self, name, torch.empty(shape, dtype=dtype, device=device))
+
+    @staticmethod
+    def column_tile(num_heads: int, block_c: int | None = None) -> int:
+        """Column tile of the score pass: about 4096 (head, column) pairs per program (tests
+        pass a smaller block_c to give a small budget several tiles)."""
+        return block_c or max(16, 4096 // _pow2(num_heads))
+
+    @classmethod
+    def shapes(
+        cls, num_heads: int, head_size: int, budget: int, max_rows: int, max_split_rows: int,
+        block_c: int | None = None,
+    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:  # fmt: skip
+        """Every buffer's shape and dtype: what ``__init__`` allocates and ``nbytes`` counts."""
+        tiles = math.ceil((budget + 1) / cls.column_tile(num_heads, block_c))
+        f32, i32 = torch.float32, torch.int32
+        return {
+            "logits": ((max_rows, num_heads, budget + 1), f32),
+            "evicted": ((max_rows,), i32),
+            "tile_best": ((max_rows, tiles), f32),
+            "tile_index": ((max_rows, tiles), i32),
+            "columns": ((max_rows, budget + 1), f32),
+            "part_out": ((max_split_rows * num_heads * head_size,), f32),
+            "part_stats": ((2, max_split_rows * num_heads), f32),
+        }
+
+    @classmethod
+    def nbytes(cls, *args, **kwargs) -> int:
+        """Bytes a workspace of these sizes (``shapes``' arguments) allocates, before it exists:
+        the worker reserves them before vLLM sizes the KV pool."""
+        return sum(math.prod(shape) * dtype.itemsize for shape, dtype in cls.shapes(*args, **kwargs).values())
 
     def get(self, rows: int, splits: int) -> tuple[torch.Tensor, ...]:
         """Views for ``rows`` rows and ``splits`` splits; raises beyond the capacity (growing

@@ -11,7 +11,8 @@ server): ``engine_args`` (config adjustments and refusals), ``cli`` (the ``--kv-
 ``input_processor`` (per-request settings refused), ``beam_search`` (refused under a policy),
 ``core_client`` (TOVA stats decoded).
 Worker side (each process that builds the model): ``worker`` (the capped KV spec, CPU backend
-selection), ``row_budgets`` (each batch row's K for the attention metadata).
+selection), ``row_budgets`` (each batch row's K for the attention metadata),
+``worker_memory`` (the CUDA decode workspace reserved before the KV pool is sized).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def apply_all() -> None:
     check_vllm_version()
     from vllm_tova.patches import (
         beam_search, cli, core_client, engine_args, input_processor, overrides, row_budgets, worker,
-    )
+        worker_memory,
+    )  # fmt: skip
 
     overrides.check()
     # Engine side.
@@ -52,4 +54,5 @@ def apply_all() -> None:
     # Worker side.
     worker.apply()
     row_budgets.apply()
+    worker_memory.apply()
     _applied = True
