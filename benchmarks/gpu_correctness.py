@@ -13,6 +13,7 @@ and the agreement lines the tests print (prefixed ``[gpu]``). A run stopped by S
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import signal
 import subprocess
@@ -56,7 +57,10 @@ def outcomes_by_test(lines: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def _commit() -> str:
-    """The tree the tests ran from: HEAD, and whether it had uncommitted changes."""
+    """The tree the tests ran from: HEAD, and whether it had uncommitted changes, or
+    ``VLLM_TOVA_COMMIT`` where the checkout was copied without its current ``.git``."""
+    if os.environ.get("VLLM_TOVA_COMMIT"):
+        return os.environ["VLLM_TOVA_COMMIT"] + " (from VLLM_TOVA_COMMIT)"
     repo = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
