@@ -1,6 +1,7 @@
 """Planted bugs, and the fast tests that must catch each: evidence that the tests can fail.
 
     python -m tests.mutations [--out benchmarks/results/correctness/mutations.md]
+    python -m tests.mutations --set fp8   # the FP8 mutants alone: mutations-fp8.md
 
 Each mutant replaces one line of the package's source in a temporary copy of the working
 tree, then runs its tests (``FAST_TESTS`` for the package's source, the hand-worked examples
@@ -206,6 +207,10 @@ FP8_MUTANTS = [
 ]
 
 
+#: The FP8 mutants' own baseline: their tests on the unmutated tree.
+UNMUTATED_FP8 = Mutant("unmutated tree, FP8 tests", "", "", "", FP8_TESTS, INTERPRETED)
+
+
 @dataclass
 class Outcome:
     mutant: Mutant | None  # None: the unmutated tree
@@ -234,6 +239,8 @@ def copy_tree(dest: Path) -> None:
 
 
 def apply(mutant: Mutant, tree: Path) -> None:
+    if not mutant.old:  # a baseline: nothing to plant
+        return
     path = tree / mutant.path
     text = path.read_text()
     count = text.count(mutant.old)
@@ -291,7 +298,8 @@ def render(outcomes: list[Outcome], command: str) -> str:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {_machine()}",
         f"- fast tests: {', '.join(f'`{t}`' for t in FAST_TESTS)}",
-        f"- unmutated tree, fast tests: {baseline.summary} ({baseline.seconds:.0f} s)",
+        f"- unmutated tree, {'fast tests' if baseline.mutant is None else ' '.join(baseline.mutant.tests)}: "
+        f"{baseline.summary} ({baseline.seconds:.0f} s)",
         f"- mutants caught: {sum(o.caught for o in mutants)}/{len(mutants)}",
         "",
     ]
@@ -315,10 +323,15 @@ def render(outcomes: list[Outcome], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=RECORD)
+    parser.add_argument("--out", type=Path, default=None, help=f"default {RECORD} (fp8: mutations-fp8.md)")
+    parser.add_argument("--set", choices=["all", "fp8"], default="all", help="fp8: the FP8 mutants alone")
     args = parser.parse_args(argv)
+    if args.set == "fp8":
+        planned, args.out = [UNMUTATED_FP8, *FP8_MUTANTS], args.out or RECORD.with_name("mutations-fp8.md")
+    else:
+        planned, args.out = [None, *MUTANTS, *REFERENCE_MUTANTS, *FP8_MUTANTS], args.out or RECORD
     outcomes = []
-    for mutant in [None, *MUTANTS, *REFERENCE_MUTANTS, *FP8_MUTANTS]:
+    for mutant in planned:
         outcome = run(mutant)
         name = "unmutated tree" if mutant is None else mutant.name
         print(f"{name}: {'caught' if outcome.caught else 'not caught'} ({outcome.summary})", flush=True)
