@@ -103,10 +103,12 @@ def bench_point(
         heads, head, budget, torch.device("cuda"), max_rows=batch, max_split_rows=batch * splits
     )
 
+    budgets = torch.full((batch,), budget, dtype=torch.int32, device="cuda")  # as the backend passes it
+
     def tova() -> None:
         triton_kernels.tova_decode(
             query, key, value, key_cache, value_cache, block_table, seq_lens, rows, rows,
-            output, scale, budget, splits, budget, workspace, block_n=block_n,
+            output, scale, budgets, splits, budget, workspace, block_n=block_n,
         )
 
     slots = (block_table[:, budget // bs].long() * bs + budget % bs).contiguous()

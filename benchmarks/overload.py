@@ -1,4 +1,4 @@
-"""Overload with prompts shorter than K: preemptions, exactness and throughput, on CPU.
+"""Overload with prompts shorter than K: preemptions, exactness and throughput (CPU or GPU).
 
 A KV pool holds ``--pool-sequences`` sequences at their TOVA cap; ``--multiplier`` times as
 many requests (prompt about K/4 tokens of Jane Austen, about 4K generated, greedy, fp32
@@ -40,6 +40,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool-sequences", type=int, default=8, help="sequences the pool holds at their cap")
     p.add_argument("--multiplier", type=int, default=4, help="requests = multiplier x pool sequences")
     p.add_argument("--alone", action="store_true", help="also run every request alone")
+    p.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="eager mode (default: on the CPU engine only; a GPU runs CUDA graphs as users do)",
+    )
     p.add_argument("--reference", type=Path, help="a record whose alone outputs to compare with")
     p.add_argument("--label", default="", help="what code ran (e.g. a commit)")
     p.add_argument("--out", type=Path, required=True)
@@ -55,6 +61,14 @@ def _cpu_model() -> str:
     return names[0] if names else platform.processor()
 
 
+def _machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{_cpu_model()}, {os.cpu_count()} cores"
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # see tests/conftest.py
@@ -67,16 +81,20 @@ def main(argv: list[str] | None = None) -> dict:
     cap = blocks_per_sequence(args.budget, BLOCK_SIZE)
     pool_blocks = args.pool_sequences * cap + 1  # + vLLM's null block
     params = SamplingParams(max_tokens=args.gen_len, temperature=0, ignore_eos=True)
+    import torch
+
+    eager = not torch.cuda.is_available() if args.enforce_eager is None else args.enforce_eager
     engine = dict(
-        dtype="float32", block_size=BLOCK_SIZE, max_model_len=2048, enforce_eager=True, seed=0,
+        dtype="float32", block_size=BLOCK_SIZE, max_model_len=max(2048, args.prompt_len + args.gen_len),
+        enforce_eager=eager, seed=0,
         disable_log_stats=False, max_num_batched_tokens=max(1024, 256 + num_requests - 1), max_num_seqs=num_requests,
         kv_cache_memory_bytes=pool_blocks * kv_block_bytes(model, "float32", BLOCK_SIZE),
         additional_config=additional_config("tova", args.budget, 256),
     )  # fmt: skip
     record: dict = {
         "label": args.label, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores", "model": Path(model).name, "dtype": "float32",
-        "budget": args.budget, "block_size": BLOCK_SIZE, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
+        "machine": _machine(), "model": Path(model).name, "dtype": "float32",
+        "budget": args.budget, "block_size": BLOCK_SIZE, "enforce_eager": eager, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
         "pool_blocks": pool_blocks, "pool_sequences": args.pool_sequences, "num_requests": num_requests,
     }  # fmt: skip
     with open_llm(model, **engine) as llm:

@@ -33,11 +33,17 @@ class Window:
 
 @dataclass(frozen=True)
 class Scored:
-    """Summed negative log-likelihood of one window's tokens 1..n-1."""
+    """Summed negative log-likelihood of one window's tokens 1..n-1, and each token's
+    log-probability (kept to compare two runs token by token)."""
 
     window: Window
     nll: float
     tokens: int
+    logprobs: tuple[float, ...] = ()
+
+    @classmethod
+    def from_logprobs(cls, window: Window, logprobs: list[float]) -> "Scored":
+        return cls(window, -sum(logprobs), len(logprobs), tuple(logprobs))
 
 
 def perplexity(scored: list[Scored]) -> float:
@@ -61,13 +67,15 @@ def vllm_engine_kwargs(
     seq_len: int,
     num_windows: int,
     gpu_memory_utilization: float | None = None,
+    dtype: str = "float32",
 ) -> dict:
-    """Engine settings: fp32, all windows in one batch, a KV pool sized for them.
+    """Engine settings: ``dtype`` (fp32 unless asked), all windows in one batch, a KV pool
+    sized for them.
 
     The pool is sized in bytes, so ``gpu_memory_utilization`` only sets how much free GPU
     memory vLLM demands at start; lowering it lets several configurations share one GPU.
     """
-    per_block = kv_block_bytes(model, "float32", BLOCK_SIZE)
+    per_block = kv_block_bytes(model, dtype, BLOCK_SIZE)
     if policy == FULL:
         blocks, extra = -(-(seq_len + 1) // BLOCK_SIZE), {}
         batched = 1024  # prompt-logprob logits of a chunk: tokens x vocab floats
@@ -77,7 +85,7 @@ def vllm_engine_kwargs(
         extra = {"additional_config": additional_config(policy, budget, 1)}
         batched = max(num_windows, 256)
     return dict(
-        dtype="float32",
+        dtype=dtype,
         block_size=BLOCK_SIZE,
         max_model_len=seq_len + 1,
         enforce_eager=True,
@@ -96,10 +104,11 @@ def score_vllm(
     budget: int | None,
     windows: list[Window],
     gpu_memory_utilization: float | None = None,
+    dtype: str = "float32",
 ) -> tuple[list[Scored], float]:
     """All windows of one (policy, budget) in one engine run; returns scores and seconds."""
     seq_len = max(len(w.ids) for w in windows)
-    kwargs = vllm_engine_kwargs(model, policy, budget, seq_len, len(windows), gpu_memory_utilization)
+    kwargs = vllm_engine_kwargs(model, policy, budget, seq_len, len(windows), gpu_memory_utilization, dtype)
     params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
     with open_llm(model, **kwargs) as llm:
         start = time.perf_counter()
@@ -109,7 +118,7 @@ def score_vllm(
     for window, out in zip(windows, outputs, strict=True):
         # prompt_logprobs[0] is None (nothing predicts the first token); 0 = the actual token.
         logprobs = [step[token].logprob for step, token in zip(out.prompt_logprobs[1:], window.ids[1:])]
-        scored.append(Scored(window, -sum(logprobs), len(logprobs)))
+        scored.append(Scored.from_logprobs(window, logprobs))
     return scored, seconds
 
 
@@ -121,4 +130,4 @@ def score_reference(
         logprobs = reference.score_text(window.ids, None, "tova", prefill_chunk=512)
     else:
         logprobs = reference.score_text(window.ids, budget, policy, prefill_chunk=1)
-    return Scored(window, -sum(logprobs), len(logprobs))
+    return Scored.from_logprobs(window, logprobs)

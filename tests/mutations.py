@@ -1,7 +1,8 @@
 """Planted bugs, and the fast tests that must catch each: evidence that the tests can fail.
 
     python -m tests.mutations [--out benchmarks/results/correctness/mutations.md]
-    python -m tests.mutations --set fp8   # the FP8 mutants alone: mutations-fp8.md
+    python -m tests.mutations --soak   # the soak's planted bugs (benchmarks/results/reliability/)
+    python -m tests.mutations --fp8    # the FP8 paths' planted bugs (mutations-fp8.md)
 
 Each mutant replaces one line of the package's source in a temporary copy of the working
 tree, then runs its tests (``FAST_TESTS`` for the package's source, the hand-worked examples
@@ -27,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "benchmarks" / "results" / "correctness" / "mutations.md"
+SOAK_RECORD = REPO / "benchmarks" / "results" / "reliability" / "soak-mutations.md"
+FP8_RECORD = RECORD.with_name("mutations-fp8.md")
 
 #: The CPU unit level: no engine, no model; about 20 s per run, most of it importing vLLM.
 FAST_TESTS = [
@@ -133,6 +136,40 @@ REFERENCE_MUTANTS = [
     ),
 ]
 
+#: The half-precision table's statistics and verdicts (benchmarks/half_stats.py), pinned by
+#: their unit tests (record only, as the reference's).
+HALF_STATS = ("tests/test_half_stats.py",)
+HALF_STATS_MUTANTS = [
+    Mutant(
+        "half precision: p99 |Δ| computed as the max",
+        "benchmarks/half_stats.py",
+        "return float(np.quantile(values, 0.99))",
+        "return float(np.max(values))",
+        HALF_STATS,
+    ),
+    Mutant(
+        "half precision: Δ logprob not absolute",
+        "benchmarks/half_stats.py",
+        "parts.append(np.abs(np.asarray(a.logprobs, dtype=np.float64) - np.asarray(b.logprobs, dtype=np.float64)))",
+        "parts.append(np.asarray(a.logprobs, dtype=np.float64) - np.asarray(b.logprobs, dtype=np.float64))",
+        HALF_STATS,
+    ),
+    Mutant(
+        "half precision: compared against the wrong dtype's rows",
+        "benchmarks/half_stats.py",
+        "twin = config._replace(dtype=BASELINE_DTYPE)",
+        'twin = config._replace(dtype="float16")',
+        HALF_STATS,
+    ),
+    Mutant(
+        "half precision: perplexity gap judged one-sided",
+        "benchmarks/half_stats.py",
+        "return abs(self.ppl_gap) <= PPL_BOUND",
+        "return self.ppl_gap <= PPL_BOUND",
+        HALF_STATS,
+    ),
+]
+
 
 #: The FP8 paths, caught by the FP8 kernel cases in Triton's interpreter (record only, about
 #: 60 s each; CI runs ``MUTANTS``).
@@ -210,6 +247,47 @@ FP8_MUTANTS = [
 #: The FP8 mutants' own baseline: their tests on the unmutated tree.
 UNMUTATED_FP8 = Mutant("unmutated tree, FP8 tests", "", "", "", FP8_TESTS, INTERPRETED)
 
+#: Server faults that only a run under load shows, and the soak test that must catch each
+#: (record only, ~3 min each: ``--soak``; CI runs the soak test itself once).
+SOAK_TESTS = ("tests/test_soak.py",)
+SOAK_MUTANTS = [
+    Mutant(
+        "one KV block kept by every aborted request (cancelled or reset streams)",
+        "vllm_tova/kv_manager.py",
+        "    def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:\n",
+        "    def free(self, request_id: str) -> None:\n"
+        "        request = self.requests.get(request_id) if self.requests is not None else None\n"
+        "        blocks = self.req_to_blocks.get(request_id)\n"
+        "        if request is not None and request.status.name == 'FINISHED_ABORTED' and blocks:\n"
+        "            blocks.pop()\n"
+        "        super().free(request_id)\n\n"
+        "    def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:\n",
+        SOAK_TESTS,
+    ),
+    Mutant(
+        "a prompt chunk cut short by the step's token budget is scheduled anyway (outputs depend on the batch)",
+        "vllm_tova/scheduler.py",
+        "return wanted if num_new_tokens >= wanted else 0",
+        "return min(wanted, num_new_tokens)",
+        SOAK_TESTS,
+    ),
+    Mutant(
+        "unknown kv_* keys ignored (prefix test never matches)",
+        "vllm_tova/config.py",
+        "key.startswith(KEY_PREFIX) and key not in KEYS",
+        "key.startswith(KEY_PREFIX + '_') and key not in KEYS",
+        SOAK_TESTS,
+    ),
+    Mutant(
+        "the front end keeps 8 MiB per request",
+        "vllm_tova/patches/input_processor.py",
+        "        check_extra_args(params.extra_args, settings)",
+        "        check_extra_args(params.extra_args, settings)\n"
+        "        _validate_params.__dict__.setdefault('kept', []).append(b'x' * (8 << 20))",
+        SOAK_TESTS,
+    ),
+]
+
 
 @dataclass
 class Outcome:
@@ -249,10 +327,10 @@ def apply(mutant: Mutant, tree: Path) -> None:
     path.write_text(text.replace(mutant.old, mutant.new))
 
 
-def run(mutant: Mutant | None) -> Outcome:
-    """Run the mutant's tests on a copy of the tree with it applied (None: all fast tests
-    on the tree as it is)."""
-    tests = FAST_TESTS if mutant is None else list(mutant.tests)
+def run(mutant: Mutant | None, tests: tuple[str, ...] | None = None) -> Outcome:
+    """Run the mutant's tests (or ``tests``) on a copy of the tree with it applied (None: the
+    fast tests, or ``tests``, on the tree as it is)."""
+    tests = list(tests) if tests else FAST_TESTS if mutant is None else list(mutant.tests)
     with tempfile.TemporaryDirectory(prefix="tova-mutant-") as tmp:
         tree = Path(tmp)
         copy_tree(tree)
@@ -288,7 +366,7 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def render(outcomes: list[Outcome], command: str) -> str:
+def render(outcomes: list[Outcome], command: str, tests: list[str] | tuple[str, ...] = tuple(FAST_TESTS)) -> str:
     baseline, mutants = outcomes[0], outcomes[1:]
     lines = [
         "# Mutation check: planted bugs and the tests that catch them",
@@ -297,9 +375,8 @@ def render(outcomes: list[Outcome], command: str) -> str:
         f"- commit: {_commit()}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {_machine()}",
-        f"- fast tests: {', '.join(f'`{t}`' for t in FAST_TESTS)}",
-        f"- unmutated tree, {'fast tests' if baseline.mutant is None else ' '.join(baseline.mutant.tests)}: "
-        f"{baseline.summary} ({baseline.seconds:.0f} s)",
+        f"- tests: {', '.join(f'`{t}`' for t in tests)}",
+        f"- unmutated tree, the same tests: {baseline.summary} ({baseline.seconds:.0f} s)",
         f"- mutants caught: {sum(o.caught for o in mutants)}/{len(mutants)}",
         "",
     ]
@@ -323,16 +400,22 @@ def render(outcomes: list[Outcome], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None, help=f"default {RECORD} (fp8: mutations-fp8.md)")
-    parser.add_argument("--set", choices=["all", "fp8"], default="all", help="fp8: the FP8 mutants alone")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help=f"default {RECORD} ({SOAK_RECORD} with --soak, {FP8_RECORD} with --fp8)",
+    )
+    parser.add_argument("--soak", action="store_true", help="the soak's mutants, against tests/test_soak.py")
+    parser.add_argument("--fp8", action="store_true", help="the FP8 mutants, against the FP8 kernel cases")
     args = parser.parse_args(argv)
-    if args.set == "fp8":
-        planned, args.out = [UNMUTATED_FP8, *FP8_MUTANTS], args.out or RECORD.with_name("mutations-fp8.md")
+    if args.fp8:  # the baseline needs the interpreter too, so it is a mutant that plants nothing
+        tests, out, planned = FP8_TESTS, args.out or FP8_RECORD, [UNMUTATED_FP8, *FP8_MUTANTS]
     else:
-        planned, args.out = [None, *MUTANTS, *REFERENCE_MUTANTS, *FP8_MUTANTS], args.out or RECORD
+        tests = SOAK_TESTS if args.soak else tuple(FAST_TESTS)
+        out = args.out or (SOAK_RECORD if args.soak else RECORD)
+        planned = [None, *(SOAK_MUTANTS if args.soak else [*MUTANTS, *REFERENCE_MUTANTS, *HALF_STATS_MUTANTS, *FP8_MUTANTS])]
     outcomes = []
     for mutant in planned:
-        outcome = run(mutant)
+        outcome = run(mutant, tests if mutant is None else None)
         name = "unmutated tree" if mutant is None else mutant.name
         print(f"{name}: {'caught' if outcome.caught else 'not caught'} ({outcome.summary})", flush=True)
         for line in outcome.failures:
@@ -343,9 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m tests.mutations", *given])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(outcomes, command) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(outcomes, command, tests) + "\n")
+    print(f"wrote {out}")
     return 0 if all(o.caught for o in outcomes[1:]) else 1
 
 

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.server import running_server
+from benchmarks.server import VLLM, cli_flags, metric, running_server, scrape  # noqa: F401 (re-exported)
 from tests.conftest import ENGINE_DEFAULTS
-
-VLLM = str(Path(sys.executable).parent / "vllm")
 
 
 def serve_flags(**overrides) -> list[str]:
     """The CLI spelling of the tests' engine settings (so offline and served runs match)."""
     settings = {k: v for k, v in ENGINE_DEFAULTS.items() if k != "disable_log_stats"}
     settings.update(overrides)
-    flags: list[str] = []
-    for key, value in settings.items():
-        name = "--" + key.replace("_", "-")
-        if value is True:
-            flags.append(name)
-        elif value is not False:
-            flags += [name, str(value)]
-    return flags
+    return cli_flags(settings)
 
 
 def run_cli(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -39,18 +28,3 @@ def vllm_server(model: Path, flags: list[str], log: Path, start_timeout: float =
     """``vllm serve MODEL FLAGS`` on a loopback port; yields its base URL; always stopped."""
     with running_server([VLLM, "serve", str(model), *flags], log, start_timeout) as url:
         yield url
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        return r.read().decode()
-
-
-def metric(text: str, name: str) -> float | None:
-    """Sum of a metric's samples (over labels) in Prometheus text format; None if absent."""
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    ]
-    return sum(values) if values else None

@@ -33,13 +33,13 @@ def test_other_plugins_keys_pass() -> None:
 def test_misspelled_request_keys_are_refused_with_the_closest_key() -> None:
     settings = TovaConfig.from_additional_config(TOVA)
     with pytest.raises(ValueError, match=r"extra_args/vllm_xargs key 'kv_prefil_chunk' .* 'kv_prefill_chunk'\?"):
-        check_extra_args({"kv_prefil_chunk": 512}, settings)
+        check_extra_args({"kv_prefil_chunk": 512}, settings, 32, 2048)
     with pytest.raises(ValueError, match=r"key 'kv_budgets' .* did you mean 'kv_budget'\?"):
-        check_extra_args({"kv_budgets": 128}, TovaConfig())  # stock engines refuse them as well
-    check_extra_args({"kv_budget": 128, "my_plugin_key": 1}, settings)
+        check_extra_args({"kv_budgets": 128}, TovaConfig(), 32, 2048)  # stock engines refuse them as well
+    check_extra_args({"kv_budget": 128, "my_plugin_key": 1}, settings, 32, 2048)
     # vLLM's own kv_* request key (disaggregated prefill, LMCache) passes, stock or TOVA.
-    check_extra_args({"kv_transfer_params": {"do_remote_prefill": True}}, settings)
-    check_extra_args({"kv_transfer_params": None}, TovaConfig())
+    check_extra_args({"kv_transfer_params": {"do_remote_prefill": True}}, settings, 32, 2048)
+    check_extra_args({"kv_transfer_params": None}, TovaConfig(), 32, 2048)
 
 
 def test_beam_search_is_refused_only_with_a_policy() -> None:

@@ -25,6 +25,8 @@ from tests.server import metric, scrape, serve_flags, vllm_server
 
 BUDGET, CHUNK, MAX_TOKENS, NUM_LAYERS = 128, 256, 16, 30
 BLOCK_CAP = 4  # ceil(128 / 32)
+SERVER_MAX = 256  # --kv-budget-max of the server (the offline engine keeps the default, 128)
+SMALL = 64  # a per-request budget under both maxima
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +35,13 @@ def prompts(austen_ids: list[int]) -> list[list[int]]:
     return [austen_ids[1000 * i : 1000 * i + 40 + 20 * i] for i in range(32)]
 
 
-def test_offline_per_request_budget_is_refused(engines, prompts) -> None:
+def test_offline_per_request_budget_over_the_maximum_is_refused(engines, prompts) -> None:
     """Runs first, on the engine the ``offline`` fixture then reuses (same settings)."""
     llm = engines.get(additional_config=tova(BUDGET, CHUNK))
-    params = SamplingParams(max_tokens=2, extra_args={"kv_budget": 64})
-    with pytest.raises(ValueError, match=r"'kv_budget'=64 is not supported per request"):
+    params = SamplingParams(max_tokens=2, extra_args={"kv_budget": 2 * BUDGET})
+    with pytest.raises(
+        ValueError, match=r"'kv_budget'=256 exceeds this server's maximum --kv-budget-max / kv_budget_max=128"
+    ):
         llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)
     misspelled = SamplingParams(max_tokens=2, extra_args={"kv_budgte": BUDGET})
     with pytest.raises(ValueError, match=r"key 'kv_budgte' is not a vllm-tova setting; did you mean 'kv_budget'\?"):
@@ -50,9 +54,10 @@ def test_offline_per_request_budget_is_refused(engines, prompts) -> None:
 
 
 @pytest.fixture(scope="module")
-def offline_runs(engines, prompts) -> list[tuple[str, int]]:
+def offline_everything(engines, prompts) -> tuple[list[tuple[str, int]], str]:
     """Each prompt alone through the offline ``LLM`` API (same settings): its text, and the
-    entries its workers actually dropped, counted from their eviction log. Then closed."""
+    entries its workers actually dropped, counted from their eviction log; and prompt 7's
+    text at its own budget ``SMALL``. Then closed."""
     llm = engines.get(additional_config=tova(BUDGET, CHUNK))
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     runs = []
@@ -60,8 +65,15 @@ def offline_runs(engines, prompts) -> list[tuple[str, int]]:
         out, (log,) = generate_logged(llm, p, params)
         passes = replay_log(log, len(p), CHUNK, BUDGET, MAX_TOKENS, NUM_LAYERS)
         runs.append((out.text, evictions(passes, len(p), CHUNK)))
+    small = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, extra_args={"kv_budget": SMALL})
+    (out,) = llm.generate([{"prompt_token_ids": prompts[7]}], small, use_tqdm=False)
     engines.close()
-    return runs
+    return runs, out.outputs[0].text
+
+
+@pytest.fixture(scope="module")
+def offline_runs(offline_everything) -> list[tuple[str, int]]:
+    return offline_everything[0]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +86,7 @@ def server(offline, model_path: Path, tmp_path_factory) -> tuple[str, Path]:
     log = tmp_path_factory.mktemp("serve") / "server.log"
     flags = serve_flags(seed=0) + [
         "--kv-policy", "tova", "--kv-budget", str(BUDGET), "--kv-prefill-chunk", str(CHUNK),
+        "--kv-budget-max", str(SERVER_MAX),
     ]  # fmt: skip
     with vllm_server(model_path, flags, log) as url:
         yield url, log
@@ -181,8 +194,10 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
     ("extra", "message"),
     [
         ({"max_tokens": -3}, "max_tokens"),
-        ({"vllm_xargs": {"kv_budget": 64}}, "'kv_budget'=64 is not supported per request"),
-        ({"vllm_xargs": {"kv_policy": "none"}}, "'kv_policy'='none' is not supported per request"),
+        ({"vllm_xargs": {"kv_budget": 512}}, "'kv_budget'=512 exceeds this server's maximum --kv-budget-max / kv_budget_max=256"),
+        ({"vllm_xargs": {"kv_budget": 80}}, "'kv_budget'=80 is not a multiple of the KV block size 32"),
+        ({"vllm_xargs": {"kv_policy": "none"}}, "Start the server with --kv-budget-max 2048"),
+        ({"vllm_xargs": {"kv_policy": "h2o"}}, "Policies do not mix in one engine"),
         ({"vllm_xargs": {"kv_prefil_chunk": 64}}, "did you mean 'kv_prefill_chunk'?"),
         ({"use_beam_search": True, "n": 2}, "beam search (use_beam_search / LLM.beam_search) cannot be combined"),
     ],
@@ -201,3 +216,13 @@ def test_restating_the_server_budget_per_request_is_accepted(server, model_path,
     body = {"model": str(model_path), "prompt": prompts[5], "max_tokens": MAX_TOKENS, "temperature": 0}
     status, reply = _post(server[0], {**body, "ignore_eos": True, "vllm_xargs": {"kv_budget": BUDGET}})
     assert status == 200 and reply["choices"][0]["text"] == offline[5]
+
+
+def test_per_request_budget_equals_offline_and_is_metered(server, model_path, prompts, offline_everything):
+    """A request's own kv_budget over HTTP gives what it gives offline, and /metrics reports
+    the blocks of its budget class."""
+    body = {"model": str(model_path), "prompt": prompts[7], "max_tokens": MAX_TOKENS, "temperature": 0}
+    status, reply = _post(server[0], {**body, "ignore_eos": True, "vllm_xargs": {"kv_budget": SMALL}})
+    assert status == 200 and reply["choices"][0]["text"] == offline_everything[1]
+    assert offline_everything[1] != offline_everything[0][7][0]  # K=64 differs from K=128 here
+    assert 'budget_class="64"' in scrape(server[0])

@@ -16,12 +16,13 @@ import vllm_tova
 from vllm_tova.config import TovaConfig
 from vllm_tova.metrics import (
     EvictionCounter,
+    blocks_by_class,
     TovaEngineCoreOutputs,
     TovaSchedulerStats,
     TovaStats,
     evicted_per_layer,
 )
-from vllm_tova.request_params import check_extra_args
+from vllm_tova.request_params import check_extra_args, row_budget
 
 
 def _serve_parser() -> FlexibleArgumentParser:
@@ -78,16 +79,45 @@ def test_flags_agreeing_with_additional_config_are_accepted() -> None:
     assert engine_args.additional_config == {"kv_policy": "tova", "kv_budget": 64}
 
 
-def test_per_request_settings_are_refused_unless_they_restate_the_server() -> None:
-    settings = TovaConfig.from_additional_config({"kv_policy": "tova", "kv_budget": 128})
-    check_extra_args(None, settings)
-    check_extra_args({"kv_budget": 128, "kv_policy": "tova", "other_key": 1}, settings)
-    with pytest.raises(ValueError, match=r"'kv_budget'=64 is not supported per request.*--kv-budget 64"):
-        check_extra_args({"kv_budget": 64}, settings)
+def test_per_request_settings_within_the_server_limits() -> None:
+    """Each refusal names the key, the limit and the flag that moves it."""
+    settings = TovaConfig.from_additional_config({"kv_policy": "tova", "kv_budget": 128, "kv_budget_max": 512})
+    check = lambda extra, s=settings: check_extra_args(extra, s, 32, 2048)  # noqa: E731
+    check(None)
+    check({"kv_budget": 128, "kv_policy": "tova", "other_key": 1})
+    check({"kv_budget": 32})
+    check({"kv_budget": 512})
+    with pytest.raises(ValueError, match=r"'kv_budget'=544 exceeds this server's maximum --kv-budget-max / kv_budget_max=512; allowed: 32 <= kv_budget <= 512"):
+        check({"kv_budget": 544})
+    with pytest.raises(ValueError, match=r"'kv_budget'=100 is not a multiple of the KV block size 32.*e.g. kv_budget 96 or 128"):
+        check({"kv_budget": 100})
+    with pytest.raises(ValueError, match=r"'kv_budget'=16 is smaller than the KV block size 32"):
+        check({"kv_budget": 16})
+    with pytest.raises(ValueError, match=r"'kv_budget'='64' must be an integer"):
+        check({"kv_budget": "64"})
+    with pytest.raises(ValueError, match=r"'kv_policy'='h2o' is not allowed.*start a server with --kv-policy h2o"):
+        check({"kv_policy": "h2o"})
+    with pytest.raises(ValueError, match=r"'kv_policy'='none' .* needs room for a whole 2048-token sequence.*--kv-budget-max 2048"):
+        check({"kv_policy": "none"})
+    roomy = TovaConfig.from_additional_config({"kv_policy": "tova", "kv_budget": 128, "kv_budget_max": 2048})
+    check({"kv_policy": "none"}, roomy)
+    with pytest.raises(ValueError, match=r"'kv_policy'='none' and 'kv_budget' contradict"):
+        check({"kv_policy": "none", "kv_budget": 64}, roomy)
     with pytest.raises(ValueError, match=r"'kv_prefill_chunk'=128 is not supported per request"):
-        check_extra_args({"kv_prefill_chunk": 128}, settings)
+        check({"kv_prefill_chunk": 128})
     with pytest.raises(ValueError, match=r"this server runs no KV eviction policy"):
-        check_extra_args({"kv_budget": 64}, TovaConfig())
+        check({"kv_budget": 64}, TovaConfig())
+
+
+def test_request_budget_resolution() -> None:
+    settings = TovaConfig.from_additional_config({"kv_policy": "tova", "kv_budget": 128, "kv_budget_max": 2048})
+    assert row_budget(None, settings, 2048) == 128
+    assert row_budget({"kv_budget": 64}, settings, 2048) == 64
+    assert row_budget({"kv_policy": "none"}, settings, 2048) == 2048
+    assert row_budget({"kv_policy": "tova"}, settings, 2048) == 128
+    with pytest.raises(ValueError, match=r"--kv-budget-max / kv_budget_max=64 is below --kv-budget / kv_budget=128"):
+        TovaConfig.from_additional_config({"kv_policy": "tova", "kv_budget": 128, "kv_budget_max": 64})
+    assert blocks_by_class({"a": 2, "b": 3, "c": 64}, {"a": 64, "b": 64, "c": 2048}, 2048) == {"64": 5, "none": 64}
 
 
 def test_evictions_follow_tokens_absorbed_versus_budget() -> None:
@@ -95,10 +125,10 @@ def test_evictions_follow_tokens_absorbed_versus_budget() -> None:
     assert evicted_per_layer(100, 100, 128) == 72  # chunk crosses K: 200 -> 128
     assert evicted_per_layer(128, 1, 128) == 1  # decode at K
     assert evicted_per_layer(500, 256, 128) == 256  # a later chunk: all of it is trimmed
-    counter = EvictionCounter(budget=128, num_layers=30)
+    counter = EvictionCounter(num_layers=30)
     absorbed = 0
     for n in [256, 256, 100] + [1] * 15:  # a 612-token prompt in chunks of 256, 15 decode steps
-        counter.observe({"r": n}, {"r": absorbed})
+        counter.observe({"r": n}, {"r": absorbed}, {"r": 128})
         absorbed += n
     assert counter.total == 30 * (absorbed - 128)
 

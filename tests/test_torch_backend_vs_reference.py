@@ -61,7 +61,8 @@ class Rows:
         retained = self.seen.clamp(max=BUDGET)
         chunks = [
             TovaMetadataBuilder._chunk_row(
-                self.builder, self.block_table[i], starts[i], lens[i], int(retained[i]), int(self.seen[i])
+                self.builder, self.block_table[i], starts[i], lens[i], int(retained[i]), int(self.seen[i]),
+                BUDGET,
             )
             for i in range(self.rows)
         ]
@@ -70,7 +71,8 @@ class Rows:
     def decode_step(self, plant: dict[int, str] | None = None) -> None:
         retained = self.seen.clamp(max=BUDGET)
         rows = TovaMetadataBuilder._decode_rows(
-            self.builder, self.block_table, torch.arange(self.rows), retained, self.seen
+            self.builder, self.block_table, torch.arange(self.rows), retained, self.seen,
+            torch.full((self.rows,), BUDGET),
         )
         self._run([1] * self.rows, TovaMetadata(self.rows, rows, []), plant or {})
 

@@ -36,8 +36,9 @@ def emulated_fp8(values: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tenso
     return stored.view(torch.uint8), stored.float() * scale.cpu()
 
 
-def torch_decode_step(query, key, value, key_cache, value_cache, block_table, seq_lens, budget, scale):
-    """One TOVA decode step per row in float32, written as plainly as possible."""
+def torch_decode_step(query, key, value, key_cache, value_cache, block_table, seq_lens, budgets, scale):
+    """One TOVA decode step per row in float32, written as plainly as possible; ``budgets``
+    is one K for every row or a list with each row's."""
     num_heads, num_kv = query.shape[1], key.shape[1]
     group = num_heads // num_kv
     bs = key_cache.shape[1]
@@ -46,6 +47,7 @@ def torch_decode_step(query, key, value, key_cache, value_cache, block_table, se
     flat_k, flat_v = key_cache.flatten(0, 1), value_cache.flatten(0, 1)
     new_k, new_v = flat_k.clone(), flat_v.clone()
     for r in range(query.shape[0]):
+        budget = budgets[r] if isinstance(budgets, list) else budgets
         retained = min(int(seq_lens[r]) - 1, budget)
         logical = torch.arange(min(retained + 1, budget))  # cached slots, plus the append slot
         slots = block_table[r, logical // bs].long() * bs + logical % bs
@@ -220,7 +222,8 @@ def test_h2o_decode_across_tensor_parallel_ranks_matches_torch_backend():
     reference.state.accumulated.copy_(accumulated)
     stub = SimpleNamespace(budget=budget, block_size=block_size, device=torch.device(DEVICE))
     rows = TovaMetadataBuilder._decode_rows(
-        stub, block_table.cpu(), torch.arange(len(seen)), seen.clamp(max=budget), seen
+        stub, block_table.cpu(), torch.arange(len(seen)), seen.clamp(max=budget), seen,
+        torch.full((len(seen),), budget),
     )
     want_out = torch.empty_like(query)
     want_k, want_v = key_cache.flatten(0, 1).clone(), value_cache.flatten(0, 1).clone()
@@ -288,6 +291,35 @@ def test_graph_decode_with_padding_matches_torch(dtype, budget, block_size, num_
     torch.testing.assert_close(case.value_cache.cpu(), want_v, atol=0, rtol=0)
 
 
+PER_ROW_LENS = [1, 20, 33, 17, 70, 49, 64]
+PER_ROW_MIXES = [
+    [16, 48, 32, 16, 64, 48, 64],  # rows at, below and past their own K
+    [64, 16, 16, 32, 48, 64, 32],  # the same rows, another mix: the launch must not change
+]
+
+
+@pytest.mark.parametrize("mix", PER_ROW_MIXES, ids=["mix-a", "mix-b"])
+def test_decode_per_row_budgets_match_torch(mix):
+    """One K per request row, read on the device: each row is evicted at its own K. The
+    launch (rows, splits, longest = the workspace's K) is the one a captured graph replays,
+    the same for every mix, as CUDA graphs need: only the budget tensor's contents differ."""
+    heads, kv_heads, head, block_size, most, splits = 8, 2, 32, 16, 64, 2
+    kernels = _kernels(torch.float32)
+    case = _decode_case(torch.float32, heads, kv_heads, head, most, block_size, lens=PER_ROW_LENS)
+    want_out, want_evicted, want_k, want_v = _expected(case, mix)
+    assert want_evicted.tolist() != _expected(case, most)[1].tolist()  # the mix matters here
+    workspace = _workspace(kernels, heads, head, most, len(case.rows), len(case.rows) * splits)
+    budgets = torch.tensor(mix, dtype=torch.int32, device=DEVICE)
+    output = torch.empty_like(case.query)
+    evicted = kernels.tova_decode(
+        *case.inputs, case.rows, case.rows, output, case.scale, budgets, splits, most, workspace, block_n=16,
+    )
+    torch.testing.assert_close(output.cpu(), want_out, atol=1e-5, rtol=1e-5)
+    assert evicted.cpu().tolist() == want_evicted.tolist()
+    torch.testing.assert_close(case.key_cache.cpu(), want_k, atol=0, rtol=0)
+    torch.testing.assert_close(case.value_cache.cpu(), want_v, atol=0, rtol=0)
+
+
 def _with_padding_rows(inputs: tuple, count: int) -> tuple:
     """The inputs plus ``count`` padding rows as vLLM pads a captured decode batch: a token
     each, seq_len 0 and an all-zero (null block) block-table row. The caches are shared."""
@@ -342,10 +374,11 @@ class DecodeCase:
         return self.inputs[4]
 
 
-def _decode_case(dtype, heads, kv_heads, head, budget, block_size) -> DecodeCase:
-    """Random rows that are empty, below, at and past the budget, in shuffled blocks."""
+def _decode_case(dtype, heads, kv_heads, head, budget, block_size, lens=None) -> DecodeCase:
+    """Random rows that are empty, below, at and past the budget (or of lengths ``lens``),
+    in shuffled blocks."""
     torch.manual_seed(0)
-    lens = [1, 5, budget, budget + 1, budget + 7]
+    lens = lens or [1, 5, budget, budget + 1, budget + 7]
     rows_n = len(lens)
     blocks_per_row = -(-budget // block_size)
     num_blocks = rows_n * blocks_per_row + 3
@@ -453,7 +486,7 @@ def test_chunk_absorption_matches_torch_backend(dtype, kv_cache_dtype):
     for i, (old, new) in enumerate(rows):
         logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
         slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
-        row = ChunkRow(int(starts[i]), new, old, slots, first_position=old)
+        row = ChunkRow(int(starts[i]), new, old, slots, first_position=old, budget=budget)
         torch_impl._chunk(
             row, query, want_key, want_value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
         )
@@ -463,7 +496,7 @@ def test_chunk_absorption_matches_torch_backend(dtype, kv_cache_dtype):
     retained = torch.tensor([old for old, _ in rows])
     batch = pack_chunks(
         block_table, torch.arange(len(rows)), starts, query_lens, retained, retained, block_size,
-        torch.device(DEVICE),
+        torch.device(DEVICE), torch.full((len(rows),), budget),
     )
     output = torch.zeros_like(query)
     gpu_impl._absorb(batch, query, key, value, key_cache, value_cache, output, scales)
@@ -502,11 +535,29 @@ def test_baseline_policy_steps_match_torch_backend(policy, kv_cache_dtype):
         run.decode_step(padding=2)
 
 
+@pytest.mark.parametrize("policy", ["tova", "h2o"])
+def test_per_row_budgets_steps_match_torch_backend(policy):
+    """Rows of one batch at K = 8, 20 and 12 (the server's largest 20), through both backends'
+    forward: prompt chunks (each row keeps its own K best), then graph-style decode steps
+    (each row evicts at its own K; h2o protects its own K // 2 most recent)."""
+    if DEVICE == "cpu" and not INTERPRETED:
+        pytest.skip("runs in the interpreter child: test_kernels_in_interpreter")
+    torch.manual_seed(3)
+    run = _BaselineRun(policy, heads=4, kv_heads=2, head=16, budget=20, block_size=16, rows=3, budgets=[8, 20, 12])
+    for lens in ([14, 20, 6], [13, 5, 8]):
+        run.chunk_step(lens)
+    for _ in range(6):
+        run.decode_step(padding=2)
+
+
 class _BaselineRun:
     """The same batch of rows driven through ``TovaTritonImpl.forward`` and
     ``TovaTorchImpl.forward``, step by step, comparing everything after each step."""
 
-    def __init__(self, policy, heads, kv_heads, head, budget, block_size, rows, kv_cache_dtype="auto") -> None:
+    def __init__(
+        self, policy, heads, kv_heads, head, budget, block_size, rows, kv_cache_dtype="auto", budgets=None
+    ) -> None:
+        """``budget``: the server's largest K; ``budgets``: each row's (default: ``budget``)."""
         from types import SimpleNamespace
 
         from vllm.config import VllmConfig, set_current_vllm_config
@@ -517,6 +568,7 @@ class _BaselineRun:
 
         self.heads, self.kv_heads, self.head, self.budget = heads, kv_heads, head, budget
         self.block_size, self.rows = block_size, rows
+        self.budgets = torch.tensor(budgets or [budget] * rows)
         config = VllmConfig(additional_config=additional_config(policy, budget, 64))
         with set_current_vllm_config(config):
             args = (heads, head, head**-0.5, kv_heads, None, None, kv_cache_dtype)
@@ -535,7 +587,8 @@ class _BaselineRun:
         self.seen = torch.zeros(rows, dtype=torch.long)
         num_slots = num_blocks * block_size
         self.gpu.state.ensure(num_slots, torch.device(DEVICE))
-        self.gpu.state.positions.random_(1000, 2000)
+        if self.gpu.state.positions is not None:
+            self.gpu.state.positions.random_(1000, 2000)
         if self.gpu.state.accumulated is not None:
             self.gpu.state.accumulated.uniform_(5, 10)
         self.null_history = self._history(self.gpu, torch.arange(block_size, device=DEVICE))
@@ -551,23 +604,25 @@ class _BaselineRun:
         query_lens = torch.tensor(lens)
         starts = torch.zeros(self.rows + 1, dtype=torch.long)
         starts[1:] = query_lens.cumsum(0)
-        retained = self.seen.clamp(max=self.budget)
+        retained = torch.minimum(self.seen, self.budgets)
         chunk_rows = [
             TovaMetadataBuilder._chunk_row(
                 self.builder, self.block_table.cpu()[i], int(starts[i]), lens[i], int(retained[i]),
-                int(self.seen[i]),
+                int(self.seen[i]), int(self.budgets[i]),
             )
             for i in range(self.rows)
         ]
         batch = pack_chunks(
             self.block_table, torch.arange(self.rows), starts, query_lens, retained, self.seen,
-            self.block_size, torch.device(DEVICE),
+            self.block_size, torch.device(DEVICE), self.budgets,
         )
         tokens = int(starts[-1])
         seq_lens = (self.seen + query_lens).to(torch.int32).to(DEVICE)
         self._step(
             tokens,
-            TovaTritonMetadata(tokens, seq_lens, self.block_table, None, batch, self.workspace),
+            TovaTritonMetadata(
+                tokens, seq_lens, self.block_table, self.device_budgets(self.rows), None, batch, self.workspace
+            ),
             TovaMetadata(tokens, None, chunk_rows),
             seen_after=self.seen + query_lens,
         )
@@ -578,9 +633,9 @@ class _BaselineRun:
         from vllm_tova.attention.metadata import TovaMetadata, TovaMetadataBuilder
         from vllm_tova.attention.triton_backend import DecodeBatch, TovaTritonMetadata
 
-        retained = self.seen.clamp(max=self.budget)
+        retained = torch.minimum(self.seen, self.budgets)
         rows = TovaMetadataBuilder._decode_rows(
-            self.builder, self.block_table.cpu(), torch.arange(self.rows), retained, self.seen
+            self.builder, self.block_table.cpu(), torch.arange(self.rows), retained, self.seen, self.budgets
         )
         n = self.rows + padding
         seq_lens = torch.cat([self.seen + 1, torch.zeros(padding, dtype=torch.long)]).to(torch.int32)
@@ -589,11 +644,16 @@ class _BaselineRun:
         decode = DecodeBatch(rows=everyone, tokens=everyone, longest=self.budget, num_splits=2)
         self._step(
             n,
-            TovaTritonMetadata(n, seq_lens.to(DEVICE), table, decode, None, self.workspace),
+            TovaTritonMetadata(n, seq_lens.to(DEVICE), table, self.device_budgets(n), decode, None, self.workspace),
             TovaMetadata(self.rows, rows, []),
             seen_after=self.seen + 1,
             real=self.rows,
         )
+
+    def device_budgets(self, n: int) -> torch.Tensor:
+        """Each request row's K on the device; padding rows past the real ones get ``budget``."""
+        padded = torch.cat([self.budgets, torch.full((n - self.rows,), self.budget)])
+        return padded.to(torch.int32).to(DEVICE)
 
     def _step(self, tokens: int, gpu_md, cpu_md, seen_after: torch.Tensor, real: int | None = None) -> None:
         """Random activations through both backends, then compare (``real``: tokens that are
@@ -611,7 +671,7 @@ class _BaselineRun:
         torch.testing.assert_close(self.kv_gpu, self.kv_cpu, atol=0, rtol=0)
         self.seen = seen_after
         for row in range(self.rows):
-            logical = torch.arange(min(int(self.seen[row]), self.budget), device=DEVICE)
+            logical = torch.arange(min(int(self.seen[row]), int(self.budgets[row])), device=DEVICE)
             slots = self.block_table[row].long()[logical // self.block_size] * self.block_size
             slots = slots + logical % self.block_size
             got, want = self._history(self.gpu, slots), self._history(self.cpu, slots)
@@ -625,6 +685,7 @@ class _BaselineRun:
 
     @staticmethod
     def _history(impl, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return impl.state.read_positions(slots).clone(), (
+        positions = impl.state.read_positions(slots)  # None for tova, which keeps no history
+        return torch.empty(0) if positions is None else positions.clone(), (
             None if impl.state.accumulated is None else impl.state.read_accumulated(slots).clone()
         )

@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, DEFAULT_PREFILL_CHUNK, KEYS, POLICY_KEY, flag
+from vllm_tova.config import BUDGET_KEY, BUDGET_MAX_KEY, CHUNK_KEY, DEFAULT_PREFILL_CHUNK, KEYS, POLICY_KEY, flag
 from vllm_tova.policy import POLICIES
 
 GROUP_TITLE = "TovaConfig"
@@ -52,7 +52,17 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="Tokens kept per sequence and layer; required with a policy. Allowed: "
-        "a multiple of block_size; K >= max_model_len is accepted but evicts nothing.",
+        "a multiple of block_size; K >= max_model_len is accepted but evicts nothing. "
+        "A request may ask for its own (extra_args / vllm_xargs kv_budget) up to "
+        "--kv-budget-max; this is its default.",
+    )
+    group.add_argument(
+        flag(BUDGET_MAX_KEY),
+        type=positive_int,
+        default=None,
+        metavar="KMAX",
+        help="Largest kv_budget a request may ask for (default: --kv-budget). At least "
+        "--max-model-len also lets requests ask for kv_policy none (exact attention).",
     )
     group.add_argument(
         flag(CHUNK_KEY),
@@ -78,7 +88,7 @@ def merge_flags(args: argparse.Namespace, extra: Mapping[str, Any] | None) -> di
                 "give the setting once."
             )
         merged[key] = value
-    tuning = [flag(key) for key in (BUDGET_KEY, CHUNK_KEY) if given[key] is not None]
+    tuning = [flag(key) for key in (BUDGET_KEY, CHUNK_KEY, BUDGET_MAX_KEY) if given[key] is not None]
     if tuning and merged.get(POLICY_KEY, "none") == "none":
         raise ValueError(
             f"{' and '.join(tuning)} take effect only with an eviction policy; add "

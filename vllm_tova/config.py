@@ -18,7 +18,8 @@ from vllm_tova.policy import POLICIES
 POLICY_KEY = "kv_policy"
 BUDGET_KEY = "kv_budget"
 CHUNK_KEY = "kv_prefill_chunk"
-KEYS = (POLICY_KEY, BUDGET_KEY, CHUNK_KEY)
+BUDGET_MAX_KEY = "kv_budget_max"
+KEYS = (POLICY_KEY, BUDGET_KEY, CHUNK_KEY, BUDGET_MAX_KEY)
 #: vllm-tova owns this key prefix: a misspelled key would otherwise be ignored in silence.
 KEY_PREFIX = "kv_"
 
@@ -40,7 +41,11 @@ class TovaConfig:
     """One server-wide KV eviction setting.
 
     policy: name of the eviction policy ("none" = stock vLLM).
-    budget: K, the most tokens each sequence keeps per layer.
+    budget: K, the most tokens each sequence keeps per layer unless its request asks for
+        less or more (``extra_args``/``vllm_xargs`` ``kv_budget``).
+    budget_max: the largest K a request may ask for (default: ``budget``). It sizes what a
+        sequence may hold (the startup fit check, the GPU decode workspace); a value of at
+        least max_model_len also makes room for requests with ``kv_policy: none``.
     prefill_chunk: C, prompt tokens absorbed per step before an eviction round; the
         scheduler hands prompts over in exactly these chunks so results never depend on
         what else is in the batch.
@@ -49,6 +54,11 @@ class TovaConfig:
     policy: str = "none"
     budget: int = 0
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    budget_max: int = 0  # 0: the same as ``budget``
+
+    def __post_init__(self) -> None:
+        if not self.budget_max:
+            object.__setattr__(self, "budget_max", self.budget)
 
     @property
     def enabled(self) -> bool:
@@ -67,7 +77,18 @@ class TovaConfig:
             return cls()
         budget = _positive_int(extra, BUDGET_KEY, None)
         chunk = _positive_int(extra, CHUNK_KEY, DEFAULT_PREFILL_CHUNK)
-        return cls(policy=policy, budget=budget, prefill_chunk=chunk)
+        budget_max = _positive_int(extra, BUDGET_MAX_KEY, budget)
+        if budget_max < budget:
+            raise ValueError(
+                f"{label(BUDGET_MAX_KEY)}={budget_max} is below {label(BUDGET_KEY)}={budget}, the "
+                f"default every request gets; allowed: {flag(BUDGET_MAX_KEY)} >= {budget}."
+            )
+        return cls(policy=policy, budget=budget, prefill_chunk=chunk, budget_max=budget_max)
+
+    def allows_exact(self, max_model_len: int) -> bool:
+        """Whether a request may ask for no eviction (``kv_policy: none``): only where a
+        sequence may hold max_model_len tokens, so the pool and workspace were sized for it."""
+        return self.budget_max >= max_model_len
 
     def validate_against(
         self, block_size: int, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int
@@ -78,16 +99,10 @@ class TovaConfig:
                 f"{label(BUDGET_KEY)}={self.budget} is smaller than the KV block size {block_size}; "
                 f"allowed: {flag(BUDGET_KEY)} >= {block_size} (or a smaller --block-size)."
             )
-        if self.budget % block_size and self.budget < max_model_len:
-            # Refused, not rounded: K decides which tokens are evicted, so a rounded K would
-            # change the outputs the user asked for; the tail of the last block would be
-            # reserved for every sequence and never used.
-            lower, upper = self.budget // block_size * block_size, -(-self.budget // block_size) * block_size
-            raise ValueError(
-                f"{label(BUDGET_KEY)}={self.budget} is not a multiple of the KV block size {block_size}: "
-                f"each sequence would hold {upper} slots and use {self.budget}. Allowed: a multiple of "
-                f"{block_size} (e.g. {flag(BUDGET_KEY)} {lower} or {upper}), or a --block-size that divides it."
-            )
+        for key, value in ((BUDGET_KEY, self.budget), (BUDGET_MAX_KEY, self.budget_max)):
+            problem = budget_problem(value, block_size, max_model_len, flag(key))
+            if problem:
+                raise ValueError(f"{label(key)}={value} {problem}, or a --block-size that divides it.")
         if self.prefill_chunk > max_num_batched_tokens:
             raise ValueError(
                 f"{label(CHUNK_KEY)}={self.prefill_chunk} exceeds max_num_batched_tokens="
@@ -106,6 +121,22 @@ class TovaConfig:
                 f"{smaller}--max-num-batched-tokens >= {needed}, or "
                 f"--max-num-seqs <= {max_num_batched_tokens - self.prefill_chunk + 1}."
             )
+
+
+def budget_problem(budget: int, block_size: int, max_model_len: int, name: str) -> str | None:
+    """Why ``budget`` cannot be a K with this block size (None if it can).
+
+    Refused, not rounded: K decides which tokens are evicted, so a rounded K would change the
+    outputs asked for; the tail of the last block would be reserved and never used."""
+    if budget < block_size:
+        return f"is smaller than the KV block size {block_size}; allowed: >= {block_size}"
+    if budget % block_size and budget < max_model_len:
+        lower, upper = budget // block_size * block_size, -(-budget // block_size) * block_size
+        return (
+            f"is not a multiple of the KV block size {block_size}: each sequence would hold "
+            f"{upper} slots and use {budget}. Allowed: a multiple of {block_size} (e.g. {name} {lower} or {upper})"
+        )
+    return None
 
 
 def starvation_free_chunk(max_num_batched_tokens: int, max_num_seqs: int) -> int:
@@ -132,11 +163,16 @@ def check_known_keys(settings: Mapping[str, Any], where: str) -> None:
             )
 
 
-def additional_config(policy: str, budget: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> dict:
+def additional_config(
+    policy: str, budget: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, budget_max: int | None = None
+) -> dict:
     """The ``additional_config`` entries that turn a policy on (``LLM(additional_config=...)``).
     Raises first if vLLM would not load the plugin and so would silently ignore them."""
     require_plugin_installed()
-    return {POLICY_KEY: policy, BUDGET_KEY: budget, CHUNK_KEY: prefill_chunk}
+    config = {POLICY_KEY: policy, BUDGET_KEY: budget, CHUNK_KEY: prefill_chunk}
+    if budget_max is not None:
+        config[BUDGET_MAX_KEY] = budget_max
+    return config
 
 
 def _positive_int(extra: Mapping[str, Any], key: str, default: int | None) -> int:

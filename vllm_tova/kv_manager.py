@@ -9,6 +9,11 @@ Admission reserves that cap: a request is handed every block it will ever hold w
 first scheduled (``ceil(min(prompt + max_tokens, max_model_len, K) / block_size)``), so a
 running request never asks for another block and is never preempted for one; requests that
 do not fit wait in the queue instead.
+
+K is the request's own (``request_params.row_budget``): the spec carries the largest K a
+request may ask for (``kv_budget_max``), which sizes the startup checks; each request is
+capped at its own. A request without eviction (``kv_policy: none``) reserves nothing ahead
+and grows block by block as in stock vLLM.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.request import Request
 
+from vllm_tova.config import TovaConfig
+from vllm_tova.request_params import asks_exact, row_budget
+
 
 def blocks_per_sequence(budget: int, block_size: int) -> int:
     """Most blocks one sequence ever holds with K = ``budget``."""
@@ -32,7 +40,8 @@ def blocks_per_sequence(budget: int, block_size: int) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class TovaAttentionSpec(FullAttentionSpec):
-    """Full-attention layout whose per-sequence footprint is capped at ``kv_budget`` tokens."""
+    """Full-attention layout whose per-sequence footprint is capped at ``kv_budget`` tokens
+    (the largest budget a request may ask for)."""
 
     kv_budget: int = 0
 
@@ -55,30 +64,51 @@ class TovaAttentionSpec(FullAttentionSpec):
 
 
 class TovaKVCacheManager(FullAttentionManager):
-    """FullAttentionManager that reserves each request's whole cap up front.
+    """FullAttentionManager that caps each request at its own K and reserves that cap up front.
 
     Both the admission count (``get_num_blocks_to_allocate``) and the allocation
     (``allocate_new_blocks``) ask for the same number of tokens, so BlockPool never sees a
     request for more blocks than were checked: the tokens scheduled so far, raised to the
-    request's final length once the scheduler has attached its requests, clamped to the cap.
+    request's final length once the scheduler has attached its requests, clamped to the
+    request's cap. Requests without eviction are neither raised nor clamped (stock growth).
     """
 
     requests: Mapping[str, Request] | None = None
     max_model_len: int = 0
+    settings: TovaConfig | None = None
 
-    def attach_requests(self, requests: Mapping[str, Request], max_model_len: int) -> None:
-        """Let the manager see each request's final length (the scheduler's live dict)."""
-        self.requests, self.max_model_len = requests, max_model_len
+    def attach_requests(
+        self, requests: Mapping[str, Request], max_model_len: int, settings: TovaConfig
+    ) -> None:
+        """Let the manager see each request (the scheduler's live dict) and its settings."""
+        self.requests, self.max_model_len, self.settings = requests, max_model_len, settings
 
-    def _clamp(self, num_tokens: int) -> int:
+    def _request(self, request_id: str) -> Request | None:
+        return self.requests.get(request_id) if self.requests is not None and self.settings else None
+
+    def budget_of(self, request_id: str) -> int:
+        """The request's K; the spec's (the largest allowed) before requests are attached."""
         assert isinstance(self.kv_cache_spec, TovaAttentionSpec)
-        return min(num_tokens, self.kv_cache_spec.max_blocks_per_sequence * self.block_size)
+        request = self._request(request_id)
+        if request is None:
+            return self.kv_cache_spec.kv_budget
+        return request_budget(request, self.settings, self.max_model_len)
+
+    def _exact(self, request_id: str) -> bool:
+        request = self._request(request_id)
+        return request is not None and asks_exact(_extra_args(request))
+
+    def _clamp(self, request_id: str, num_tokens: int) -> int:
+        if self._exact(request_id):
+            return num_tokens
+        cap = blocks_per_sequence(self.budget_of(request_id), self.block_size)
+        return min(num_tokens, cap * self.block_size)
 
     def _reserve(self, request_id: str, num_tokens: int) -> int:
-        request = self.requests.get(request_id) if self.requests is not None else None
-        if request is not None:
+        request = self._request(request_id)
+        if request is not None and not self._exact(request_id):
             num_tokens = max(num_tokens, final_length(request, self.max_model_len))
-        return self._clamp(num_tokens)
+        return self._clamp(request_id, num_tokens)
 
     def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:
         reserved = self._reserve(request_id, num_tokens)
@@ -86,8 +116,18 @@ class TovaKVCacheManager(FullAttentionManager):
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int):
         return super().allocate_new_blocks(
-            request_id, self._reserve(request_id, num_tokens), self._clamp(num_tokens_main_model)
+            request_id, self._reserve(request_id, num_tokens), self._clamp(request_id, num_tokens_main_model)
         )
+
+
+def _extra_args(request: Request) -> dict | None:
+    params = request.sampling_params
+    return params.extra_args if params is not None else None
+
+
+def request_budget(request: Request, settings: TovaConfig, max_model_len: int) -> int:
+    """A scheduled request's K (its ``extra_args``, validated by the front end)."""
+    return row_budget(_extra_args(request), settings, max_model_len)
 
 
 def final_length(request: Request, max_model_len: int) -> int:

@@ -15,7 +15,7 @@ Counts are cumulative, so a stats object that is built but never sent loses noth
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from vllm.v1.engine import EngineCoreOutputs
 from vllm.v1.metrics.stats import SchedulerStats
@@ -28,13 +28,16 @@ class TovaStats:
     evicted_tokens_total: K/V entries evicted since start, summed over all TOVA layers.
     running_sequences: sequences in the running set.
     kv_blocks_held: KV blocks held by those sequences (all KV-cache groups).
-    kv_block_cap: most blocks one sequence may hold (ceil(K / block_size)).
+    kv_block_cap: most blocks a sequence at the server's default K may hold (ceil(K / block_size)).
+    kv_blocks_by_budget: blocks held per budget class, keyed by the requests' K as text
+        ("none" for exact attention); a class with no running sequence is absent.
     """
 
     evicted_tokens_total: int = 0
     running_sequences: int = 0
     kv_blocks_held: int = 0
     kv_block_cap: int = 0
+    kv_blocks_by_budget: dict[str, int] = field(default_factory=dict)
 
     @property
     def kv_blocks_per_sequence(self) -> float:
@@ -70,15 +73,33 @@ def evicted_per_layer(absorbed: int, new_tokens: int, budget: int) -> int:
 class EvictionCounter:
     """Counts evicted entries from the scheduler's per-step plan (EngineCore)."""
 
-    def __init__(self, budget: int, num_layers: int) -> None:
-        self.budget = budget
+    def __init__(self, num_layers: int) -> None:
         self.num_layers = num_layers
         self.total = 0
 
-    def observe(self, num_scheduled: Mapping[str, int], absorbed: Mapping[str, int]) -> None:
-        """``num_scheduled``: tokens per request this step; ``absorbed``: tokens before it."""
-        per_layer = sum(evicted_per_layer(absorbed[r], n, self.budget) for r, n in num_scheduled.items())
+    def observe(
+        self, num_scheduled: Mapping[str, int], absorbed: Mapping[str, int], budgets: Mapping[str, int]
+    ) -> None:
+        """``num_scheduled``: tokens per request this step; ``absorbed``: tokens before it;
+        ``budgets``: each request's K."""
+        per_layer = sum(evicted_per_layer(absorbed[r], n, budgets[r]) for r, n in num_scheduled.items())
         self.total += per_layer * self.num_layers
+
+
+def budget_class(budget: int, max_model_len: int) -> str:
+    """How metrics name a request's K: the number, or "none" where it never evicts."""
+    return "none" if budget >= max_model_len else str(budget)
+
+
+def blocks_by_class(
+    blocks: Mapping[str, int], budgets: Mapping[str, int], max_model_len: int
+) -> dict[str, int]:
+    """Blocks held per budget class, from per-request blocks and budgets."""
+    held: dict[str, int] = {}
+    for request_id, count in blocks.items():
+        name = budget_class(budgets[request_id], max_model_len)
+        held[name] = held.get(name, 0) + count
+    return held
 
 
 def count_blocks(block_ids: Iterable[tuple[list[int], ...]]) -> int:

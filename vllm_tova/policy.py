@@ -13,7 +13,7 @@ position if ``needs_positions``; each entry's accumulated attention if ``needs_a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -27,14 +27,19 @@ class EvictionPolicy:
     """Base class: subclasses implement ``score``.
 
     budget: K, the entries kept per sequence and layer (policies that split the budget,
-    like H2O, need it; others ignore it).
+    like H2O, need it; others ignore it): an int, or a (rows, 1) tensor when rows of one
+    batch keep different budgets.
     """
 
     name: ClassVar[str]
     needs_positions: ClassVar[bool] = False
     needs_accumulated: ClassVar[bool] = False
 
-    budget: int | None = None
+    budget: int | torch.Tensor | None = None
+
+    def with_budget(self, budget: int | torch.Tensor) -> "EvictionPolicy":
+        """This policy for rows that keep ``budget`` entries (per-request budgets)."""
+        return replace(self, budget=budget)
 
     def score(
         self,

@@ -31,6 +31,7 @@ class _Metrics:
     blocks_per_sequence: Gauge
     block_cap: Gauge
     running: Gauge
+    blocks_by_budget: Gauge
 
 
 @functools.cache
@@ -54,6 +55,12 @@ def _metrics() -> _Metrics:
             LABELS,
         ),
         running=Gauge("vllm_tova:running_sequences", "Sequences running at the last step.", LABELS),
+        blocks_by_budget=Gauge(
+            "vllm_tova:kv_blocks_held",
+            "KV blocks held by running sequences at the last step, per budget class (the "
+            "requests' kv_budget, or 'none' for exact attention).",
+            [*LABELS, "budget_class"],
+        ),
     )
 
 
@@ -79,6 +86,8 @@ class TovaStatLogger(StatLoggerBase):
         self.blocks_per_sequence = m.blocks_per_sequence.labels(*values)
         self.block_cap = m.block_cap.labels(*values)
         self.running = m.running.labels(*values)
+        self.labels = values
+        self.classes_seen: set[str] = set()
 
     def record(
         self,
@@ -97,6 +106,10 @@ class TovaStatLogger(StatLoggerBase):
         self.blocks_per_sequence.set(tova.kv_blocks_per_sequence)
         self.block_cap.set(tova.kv_block_cap)
         self.running.set(tova.running_sequences)
+        # A class whose last sequence finished reads 0 rather than its last value.
+        self.classes_seen |= set(tova.kv_blocks_by_budget)
+        for name in self.classes_seen:
+            _metrics().blocks_by_budget.labels(*self.labels, name).set(tova.kv_blocks_by_budget.get(name, 0))
         self.latest = tova
 
     def log(self) -> None:

@@ -1,15 +1,19 @@
-"""What a request may not ask of a TOVA engine: its own KV settings, or beam search.
+"""What a request may ask of a TOVA engine: its own budget, exact attention, or beam search.
 
-Per-request KV settings (``SamplingParams.extra_args``, ``vllm_xargs`` over HTTP) are refused.
+A request may set ``kv_budget`` (``SamplingParams.extra_args``; ``vllm_xargs`` over HTTP)
+to any K the server's block size allows, up to ``--kv-budget-max``; without it the request
+gets ``--kv-budget``. It may set ``kv_policy`` to the server's policy or to ``none`` (exact
+attention, no eviction), the latter only where ``--kv-budget-max`` >= max_model_len, since
+only then were the pool and the GPU workspace sized for a sequence that keeps everything.
+Policies do not mix in one engine: the decode kernels compile one policy (a constexpr), and
+one policy plus ``none`` covers the traffic the feature is for (bounded long generations
+beside exact short turns). ``none`` is carried as a budget of max_model_len, which never
+evicts, so the backends need nothing but a per-row budget.
 
-The engine honours one budget for every sequence. The attention backend keeps no per-request
-state: it derives every slot from ``seq_lens``, the query lengths and the engine-wide K
-(vLLM's attention metadata carries no request ids), and the block manager caps every sequence
-at the same ``ceil(K / block_size)`` blocks. A per-request K would need both to learn request
-identities. Rather than silently ignore a request's ``kv_budget``, the front end rejects it
-(a ``ValueError``, which the OpenAI server answers with 400); restating the server's own
-setting is accepted because it is exactly what the request gets. A misspelled ``kv_*`` key
-is refused too, with the closest known key, rather than ignored.
+Everything else is refused with a ``ValueError`` naming the key, the limit and the flag that
+sets it (the OpenAI server answers 400): a misspelled ``kv_*`` key, a per-request
+``kv_prefill_chunk`` (chunk boundaries are scheduler-wide), any setting on a server without
+a policy.
 """
 
 from __future__ import annotations
@@ -17,34 +21,116 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, KEYS, POLICY_KEY, TovaConfig, check_known_keys, flag, label
+from vllm_tova.config import (
+    BUDGET_KEY,
+    BUDGET_MAX_KEY,
+    CHUNK_KEY,
+    KEYS,
+    POLICY_KEY,
+    TovaConfig,
+    budget_problem,
+    check_known_keys,
+    flag,
+    label,
+)
+
+WHERE = "extra_args/vllm_xargs"
 
 
 def server_values(settings: TovaConfig) -> dict[str, Any]:
-    """What every request of this engine gets, per ``additional_config`` key."""
+    """What every request of this engine gets by default, per ``additional_config`` key."""
     if not settings.enabled:
-        return {POLICY_KEY: "none", BUDGET_KEY: None, CHUNK_KEY: None}
-    return {POLICY_KEY: settings.policy, BUDGET_KEY: settings.budget, CHUNK_KEY: settings.prefill_chunk}
+        return {POLICY_KEY: "none", BUDGET_KEY: None, CHUNK_KEY: None, BUDGET_MAX_KEY: None}
+    return {
+        POLICY_KEY: settings.policy,
+        BUDGET_KEY: settings.budget,
+        CHUNK_KEY: settings.prefill_chunk,
+        BUDGET_MAX_KEY: settings.budget_max,
+    }
 
 
-def check_extra_args(extra_args: Mapping[str, Any] | None, settings: TovaConfig) -> None:
-    """Raise ``ValueError`` naming the key if a request asks for a KV setting of its own."""
+def row_budget(extra_args: Mapping[str, Any] | None, settings: TovaConfig, max_model_len: int) -> int:
+    """The K a (validated) request runs with: its ``kv_budget``, max_model_len for
+    ``kv_policy: none`` (never evicts), else the server's ``kv_budget``."""
+    extra_args = extra_args or {}
+    if extra_args.get(POLICY_KEY) == "none":
+        return max_model_len
+    return int(extra_args.get(BUDGET_KEY, settings.budget))
+
+
+def asks_exact(extra_args: Mapping[str, Any] | None) -> bool:
+    """Whether a (validated) request asked for exact attention: its blocks grow as in stock
+    vLLM, with nothing reserved ahead."""
+    return (extra_args or {}).get(POLICY_KEY) == "none"
+
+
+def check_extra_args(
+    extra_args: Mapping[str, Any] | None, settings: TovaConfig, block_size: int, max_model_len: int
+) -> None:
+    """Raise ``ValueError`` naming the key and the allowed values if a request asks for a KV
+    setting this server cannot give it."""
     if not extra_args:
         return
-    check_known_keys(extra_args, "extra_args/vllm_xargs")
-    current = server_values(settings)
-    for key in KEYS:
-        if key in extra_args and extra_args[key] != current[key]:
-            running = (
-                f"{flag(POLICY_KEY)} {settings.policy} {flag(BUDGET_KEY)} {settings.budget}"
-                if settings.enabled
-                else "no KV eviction policy"
-            )
+    check_known_keys(extra_args, WHERE)
+    if not settings.enabled:
+        _refuse_on_stock(extra_args)
+        return
+    for key in (CHUNK_KEY, BUDGET_MAX_KEY):
+        if key in extra_args and extra_args[key] != server_values(settings)[key]:
             raise ValueError(
-                f"extra_args/vllm_xargs key {key!r}={extra_args[key]!r} is not supported per "
-                f"request: this server runs {running} for every sequence (the engine keeps one "
-                f"budget; its attention backend holds no per-request state). Drop {key!r}, or "
-                f"start a server with {flag(key)} {extra_args[key]}."
+                f"{WHERE} key {key!r}={extra_args[key]!r} is not supported per request: it is "
+                f"server-wide ({flag(key)} {server_values(settings)[key]}). Drop {key!r}."
+            )
+    policy = extra_args.get(POLICY_KEY, settings.policy)
+    if policy not in (settings.policy, "none"):
+        raise ValueError(
+            f"{WHERE} key {POLICY_KEY!r}={policy!r} is not allowed: this server runs "
+            f"{flag(POLICY_KEY)} {settings.policy}; a request may ask for {settings.policy!r} or "
+            f"'none' (exact attention). Policies do not mix in one engine: start a server with "
+            f"{flag(POLICY_KEY)} {policy} for it."
+        )
+    if policy == "none":
+        if BUDGET_KEY in extra_args:
+            raise ValueError(
+                f"{WHERE} keys {POLICY_KEY!r}='none' and {BUDGET_KEY!r} contradict each other: "
+                f"exact attention keeps every token. Drop one."
+            )
+        if not settings.allows_exact(max_model_len):
+            raise ValueError(
+                f"{WHERE} key {POLICY_KEY!r}='none' (exact attention) needs room for a whole "
+                f"{max_model_len}-token sequence, but this server caps sequences at "
+                f"{label(BUDGET_MAX_KEY)}={settings.budget_max}. Start the server with "
+                f"{flag(BUDGET_MAX_KEY)} {max_model_len} (>= --max-model-len) to allow it, or "
+                f"ask for {BUDGET_KEY!r} <= {settings.budget_max}."
+            )
+        return
+    if BUDGET_KEY in extra_args:
+        _check_budget(extra_args[BUDGET_KEY], settings, block_size, max_model_len)
+
+
+def _check_budget(value: Any, settings: TovaConfig, block_size: int, max_model_len: int) -> None:
+    limit = settings.budget_max
+    allowed = f"allowed: {block_size} <= {BUDGET_KEY} <= {limit}, a multiple of {block_size}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{WHERE} key {BUDGET_KEY!r}={value!r} must be an integer; {allowed}.")
+    if value > limit:
+        raise ValueError(
+            f"{WHERE} key {BUDGET_KEY!r}={value} exceeds this server's maximum "
+            f"{label(BUDGET_MAX_KEY)}={limit}; {allowed} (start the server with a larger "
+            f"{flag(BUDGET_MAX_KEY)} to allow more)."
+        )
+    problem = budget_problem(value, block_size, max_model_len, BUDGET_KEY)
+    if problem:
+        raise ValueError(f"{WHERE} key {BUDGET_KEY!r}={value} {problem}; at most {limit}.")
+
+
+def _refuse_on_stock(extra_args: Mapping[str, Any]) -> None:
+    for key in KEYS:
+        if key in extra_args and extra_args[key] != server_values(TovaConfig())[key]:
+            raise ValueError(
+                f"{WHERE} key {key!r}={extra_args[key]!r} is not supported: this server runs no "
+                f"KV eviction policy. Drop {key!r}, or start a server with {flag(POLICY_KEY)} and "
+                f"{flag(BUDGET_KEY)} (and {flag(BUDGET_MAX_KEY)} for per-request budgets)."
             )
 
 

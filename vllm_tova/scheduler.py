@@ -23,8 +23,8 @@ from vllm.v1.metrics.stats import SchedulerStats
 from vllm.v1.request import Request
 
 from vllm_tova.config import TovaConfig
-from vllm_tova.kv_manager import TovaAttentionSpec, TovaKVCacheManager, blocks_per_sequence
-from vllm_tova.metrics import EvictionCounter, TovaSchedulerStats, TovaStats, count_blocks
+from vllm_tova.kv_manager import TovaAttentionSpec, TovaKVCacheManager, blocks_per_sequence, request_budget
+from vllm_tova.metrics import EvictionCounter, TovaSchedulerStats, TovaStats, blocks_by_class, count_blocks
 
 
 def aligned_chunk(start: int, num_new_tokens: int, prompt_len: int, chunk: int) -> int:
@@ -69,9 +69,10 @@ class _ReserveCapMixin:
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        settings = TovaConfig.from_additional_config(self.vllm_config.additional_config)
         for manager in self.kv_cache_manager.coordinator.single_type_managers:
             if isinstance(manager, TovaKVCacheManager):
-                manager.attach_requests(self.requests, self.max_model_len)
+                manager.attach_requests(self.requests, self.max_model_len, settings)
 
 
 class _EvictionStatsMixin:
@@ -80,30 +81,38 @@ class _EvictionStatsMixin:
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         settings = TovaConfig.from_additional_config(self.vllm_config.additional_config)
+        self.tova_settings = settings
         groups = self.kv_cache_config.kv_cache_groups
         tova_layers = sum(
             len(g.layer_names) for g in groups if isinstance(g.kv_cache_spec, TovaAttentionSpec)
         )
-        self.tova_evictions = EvictionCounter(settings.budget, tova_layers)
+        self.tova_evictions = EvictionCounter(tova_layers)
         self.tova_block_cap = blocks_per_sequence(settings.budget, self.cache_config.block_size)
+
+    def _tova_budget(self, request: Request) -> int:
+        return request_budget(request, self.tova_settings, self.max_model_len)
 
     def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
         # Runs once per schedule(), before num_computed_tokens advances by this step's tokens.
         scheduled = scheduler_output.num_scheduled_tokens
         absorbed = {r: self.requests[r].num_computed_tokens for r in scheduled}
-        self.tova_evictions.observe(scheduled, absorbed)
+        budgets = {r: self._tova_budget(self.requests[r]) for r in scheduled}
+        self.tova_evictions.observe(scheduled, absorbed, budgets)
         super()._update_after_schedule(scheduler_output)
 
     def make_stats(self, *args, **kwargs) -> SchedulerStats | None:
         stats = super().make_stats(*args, **kwargs)
         if stats is None:
             return None
-        held = count_blocks(self.kv_cache_manager.get_block_ids(r.request_id) for r in self.running)
+        manager = self.kv_cache_manager
+        blocks = {r.request_id: count_blocks([manager.get_block_ids(r.request_id)]) for r in self.running}
+        budgets = {r.request_id: self._tova_budget(r) for r in self.running}
         tova = TovaStats(
             evicted_tokens_total=self.tova_evictions.total,
             running_sequences=len(self.running),
-            kv_blocks_held=held,
+            kv_blocks_held=sum(blocks.values()),
             kv_block_cap=self.tova_block_cap,
+            kv_blocks_by_budget=blocks_by_class(blocks, budgets, self.max_model_len),
         )
         return TovaSchedulerStats.extend(stats, tova)
 

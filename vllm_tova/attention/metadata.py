@@ -1,7 +1,7 @@
 """Per-step metadata shared by every TOVA layer: slot arithmetic computed once per step.
 
 Invariant kept by the backends: after each step, a sequence's retained tokens occupy its
-logical slots ``[0, min(tokens_seen, K))`` (logical slot j lives at physical slot
+logical slots ``[0, min(tokens_seen, K))``, K being the row's own budget (``row_budgets``) (logical slot j lives at physical slot
 ``block_table[j // block_size] * block_size + j % block_size``). So everything here follows
 from ``seq_lens`` and the query lengths; no per-request state, no request ids.
 Never written through vLLM's ``slot_mapping``: past the cap it points outside the
@@ -19,6 +19,7 @@ from vllm.v1.attention.backend import (
     CommonAttentionMetadata,
 )
 
+from vllm_tova.attention.row_budgets import STEP
 from vllm_tova.config import TovaConfig
 
 
@@ -32,6 +33,7 @@ class DecodeRows:
     full: (D,) the row already keeps K tokens, so one entry must go.
     append_slot: (D,) physical slot of logical slot ``retained`` (used when not full).
     position: (D,) token position of the new token (``seq_len - 1``).
+    budget: (D,) each row's K.
     """
 
     tokens: torch.Tensor
@@ -40,6 +42,7 @@ class DecodeRows:
     full: torch.Tensor
     append_slot: torch.Tensor
     position: torch.Tensor
+    budget: torch.Tensor
 
 
 @dataclass
@@ -50,6 +53,7 @@ class ChunkRow:
     retained: tokens already cached, in logical slots [0, retained).
     slots: physical slots of logical slots [0, min(retained + num_tokens, K)).
     first_position: token position of the chunk's first token (tokens seen before it).
+    budget: the row's K.
     """
 
     first_token: int
@@ -57,6 +61,7 @@ class ChunkRow:
     retained: int
     slots: torch.Tensor
     first_position: int
+    budget: int
 
 
 @dataclass
@@ -102,18 +107,28 @@ class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
     ) -> TovaMetadata:
         cm = common_attn_metadata
         starts, query_lens, seen = host_lengths(cm)
-        retained = seen.clamp(max=self.budget)
+        budgets = STEP.host(cm.num_reqs, self.budget)
+        retained = torch.minimum(seen, budgets)
         block_table = cm.block_table_tensor[: cm.num_reqs].cpu()
 
         is_decode = query_lens == 1
         decode = None
         if bool(is_decode.any()):
             decode = self._decode_rows(
-                block_table[is_decode], starts[:-1][is_decode], retained[is_decode], seen[is_decode]
+                block_table[is_decode],
+                starts[:-1][is_decode],
+                retained[is_decode],
+                seen[is_decode],
+                budgets[is_decode],
             )
         chunks = [
             self._chunk_row(
-                block_table[i], int(starts[i]), int(query_lens[i]), int(retained[i]), int(seen[i])
+                block_table[i],
+                int(starts[i]),
+                int(query_lens[i]),
+                int(retained[i]),
+                int(seen[i]),
+                int(budgets[i]),
             )
             for i in torch.nonzero(~is_decode & (query_lens > 0)).flatten().tolist()
         ]
@@ -125,11 +140,13 @@ class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
         tokens: torch.Tensor,
         retained: torch.Tensor,
         position: torch.Tensor,
+        budget: torch.Tensor,
     ) -> DecodeRows:
         longest = int(retained.max())
         logical = torch.arange(longest + 1).expand(len(retained), -1)
         # Padding columns may name blocks the row does not own; they are masked, never written.
-        physical = logical_to_physical(block_table, logical.clamp(max=self.budget - 1), self.block_size)
+        inside = torch.minimum(logical, (budget - 1)[:, None])
+        physical = logical_to_physical(block_table, inside, self.block_size)
         valid = logical < retained[:, None]
         valid[:, -1] = True  # the last column is the new token
         append = torch.gather(physical, 1, retained[:, None])[:, 0]
@@ -137,14 +154,15 @@ class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
             tokens=tokens.to(self.device),
             slots=physical[:, :-1].contiguous().to(self.device),
             valid=valid.to(self.device),
-            full=(retained >= self.budget).to(self.device),
+            full=(retained >= budget).to(self.device),
             append_slot=append.to(self.device),
             position=position.to(self.device),
+            budget=budget.to(self.device),
         )
 
     def _chunk_row(
-        self, block_table: torch.Tensor, first: int, count: int, retained: int, seen: int
+        self, block_table: torch.Tensor, first: int, count: int, retained: int, seen: int, budget: int
     ) -> ChunkRow:
-        logical = torch.arange(min(retained + count, self.budget))[None]
+        logical = torch.arange(min(retained + count, budget))[None]
         slots = logical_to_physical(block_table[None], logical, self.block_size)[0]
-        return ChunkRow(first, count, retained, slots.to(self.device), seen)
+        return ChunkRow(first, count, retained, slots.to(self.device), seen, budget)

@@ -113,7 +113,7 @@ class TovaTorchImpl(AttentionImpl):
         vllm_config = get_current_vllm_config()
         settings = TovaConfig.from_additional_config(vllm_config.additional_config)
         self.head_average = HeadAverage(vllm_config.parallel_config.tensor_parallel_size)
-        self.budget = settings.budget
+        self.budget = settings.budget  # the default; each row's own is in the metadata
         self.policy: EvictionPolicy = get_policy(settings.policy, settings.budget)
         self.state = SlotState(self.policy)
 
@@ -191,7 +191,7 @@ class TovaTorchImpl(AttentionImpl):
 
         # Full rows lose their weakest entry; the new token takes its slot (unless it is the
         # weakest itself). Other rows append at logical slot `retained`.
-        scores = self.policy.score(attention, positions, accumulated)
+        scores = self.policy.with_budget(rows.budget[:, None]).score(attention, positions, accumulated)
         evicted = self.policy.evict_one(scores, rows.valid)
         eviction_log.record(evicted, made=rows.full)
         num_cached = rows.slots.shape[1]
@@ -239,12 +239,12 @@ class TovaTorchImpl(AttentionImpl):
 
         # Keep the K best entries by the policy; new survivors fill the freed slots, lowest
         # first, so retained entries stay packed into logical [0, kept).
-        scores = self.policy.score(
+        scores = self.policy.with_budget(row.budget).score(
             self.head_average(weights[:, -1]),
             None if positions is None else positions[None],
             None if accumulated is None else accumulated[None],
         )[0]
-        keep = self.policy.keep_top(scores, self.budget)
+        keep = self.policy.keep_top(scores, row.budget)
         eviction_log.record(keep)
         kept_old = torch.zeros(row.retained, dtype=torch.bool, device=k.device)
         kept_old[keep[keep < row.retained]] = True

@@ -22,13 +22,15 @@ CUDA graphs: a pure-decode step (one new token per row; vLLM pads such a batch w
 rows of seq_len 0) can be replayed as one full graph. Its rows and tokens are slices of a
 persistent arange, seq_lens and the block table are the model runner's persistent buffers,
 the scratch buffers are allocated once, and the launch parameters depend on the batch size
-alone (the budget bounds every row; the kernels stop at each row's seq_len). Steps with
+alone (the largest budget bounds every row; the kernels stop at each row's seq_len). Each
+row's own K (per-request budgets) is data too: a persistent int32 tensor the builder refills
+every step, so one captured graph serves any mix of budgets. Steps with
 prompt chunks run attention eagerly between piecewise graph pieces.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,7 @@ from vllm.v1.attention.backend import (
 
 from vllm_tova.attention import eviction_log, fp8, triton_kernels
 from vllm_tova.attention.metadata import host_lengths
+from vllm_tova.attention.row_budgets import STEP
 from vllm_tova.attention.torch_backend import TovaTorchBackend, TovaTorchImpl
 from vllm_tova.config import TovaConfig
 
@@ -78,6 +81,8 @@ class ChunkBatch:
     retained: torch.Tensor  # (R,) int64
     counts: torch.Tensor  # (R,) int64 retained + chunk tokens
     block_table: torch.Tensor  # (R, max_blocks) the rows' block tables
+    budgets: torch.Tensor  # (R,) int64 each row's K
+    most: int  # the largest of them, host-side
 
 
 @dataclass
@@ -85,6 +90,7 @@ class TovaTritonMetadata:
     num_actual_tokens: int
     seq_lens: torch.Tensor
     block_table: torch.Tensor
+    budgets: torch.Tensor  # (reqs,) int32 each request row's K (a persistent buffer's view)
     decode: DecodeBatch | None
     chunks: ChunkBatch | None
     workspace: triton_kernels.DecodeWorkspace
@@ -93,6 +99,37 @@ class TovaTritonMetadata:
 def workspace_budget(budget: int, max_model_len: int) -> int:
     """Most entries a decode row can retain: K, or fewer than max_model_len when K exceeds it."""
     return min(budget, max_model_len)
+
+
+@dataclass(frozen=True)
+class WorkspaceSize:
+    """The decode workspace's dimensions (``DecodeWorkspace``'s arguments)."""
+
+    num_heads: int
+    head_size: int
+    budget: int
+    max_rows: int
+    max_split_rows: int
+
+
+def workspace_size(vllm_config, num_sms: int) -> WorkspaceSize:
+    """What a step can really hold: a row never retains max_model_len entries or more (a
+    budget above that evicts nothing and sizes nothing), and a decode step has at most one
+    row per sequence and per token of the step's budget."""
+    model, parallel, sched = vllm_config.model_config, vllm_config.parallel_config, vllm_config.scheduler_config
+    budget = workspace_budget(
+        TovaConfig.from_additional_config(vllm_config.additional_config).budget_max, model.max_model_len
+    )
+    max_rows = min(sched.max_num_seqs, sched.max_num_batched_tokens)
+    split_rows = triton_kernels.max_split_rows(
+        max_rows, model.get_num_kv_heads(parallel), budget + 1, num_sms, TovaTritonMetadataBuilder.block_n
+    )
+    return WorkspaceSize(model.get_num_attention_heads(parallel), model.get_head_size(), budget, max_rows, split_rows)
+
+
+def workspace_bytes(vllm_config, num_sms: int) -> int:
+    """Bytes of one builder's decode workspace, known before any builder exists."""
+    return triton_kernels.DecodeWorkspace.nbytes(**asdict(workspace_size(vllm_config, num_sms)))
 
 
 def multiprocessor_count(device: torch.device) -> int:
@@ -125,33 +162,21 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        model = vllm_config.model_config
-        # The workspace is allocated outside vLLM's memory profiling, so it is sized by what a
-        # step can really hold: a row never retains max_model_len entries or more (a budget
-        # above that evicts nothing and sizes nothing), and a decode step has at most one row
-        # per token of the step's budget.
-        self.budget = workspace_budget(
-            TovaConfig.from_additional_config(vllm_config.additional_config).budget, model.max_model_len
-        )
-        self.block_size = kv_cache_spec.block_size
-        parallel = vllm_config.parallel_config
-        self.num_kv_heads = model.get_num_kv_heads(parallel)
         self.num_sms = multiprocessor_count(device)
-        sched = vllm_config.scheduler_config
-        self.max_rows = min(sched.max_num_seqs, sched.max_num_batched_tokens)
+        size = workspace_size(vllm_config, self.num_sms)
+        self.budget, self.max_rows = size.budget, size.max_rows
+        self.block_size = kv_cache_spec.block_size
+        self.num_kv_heads = vllm_config.model_config.get_num_kv_heads(vllm_config.parallel_config)
         # Row and flat-token indices of a pure-decode batch (row i holds token i): slices of
         # one buffer, so a captured graph finds them at the same address on every replay.
         self.arange = torch.arange(self.max_rows, dtype=torch.int32, device=device)
-        self.workspace = triton_kernels.DecodeWorkspace(
-            model.get_num_attention_heads(parallel),
-            model.get_head_size(),
-            self.budget,
-            device,
-            max_rows=self.max_rows,
-            max_split_rows=triton_kernels.max_split_rows(
-                self.max_rows, self.num_kv_heads, self.budget + 1, self.num_sms, self.block_n
-            ),
+        # Each request row's K, refilled every step (a graph reads it at the same address).
+        self.default_budget = TovaConfig.from_additional_config(vllm_config.additional_config).budget
+        sched = vllm_config.scheduler_config
+        self.row_budgets = torch.full(
+            (max(sched.max_num_seqs, self.max_rows),), self.default_budget, dtype=torch.int32, device=device
         )
+        self.workspace = triton_kernels.DecodeWorkspace(**asdict(size), device=device)
 
     def build(
         self,
@@ -163,12 +188,17 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
         n = cm.num_reqs
         starts, query_lens, seen = host_lengths(cm)
         block_table = cm.block_table_tensor[:n]
+        if n > len(self.row_budgets):
+            raise ValueError(f"{n} request rows exceed the {len(self.row_budgets)} the builder holds")
+        budgets = STEP.host(n, self.default_budget)
+        self.row_budgets[:n].copy_(budgets.to(torch.int32), non_blocking=True)
         if self.full_graphs() and n <= cm.num_actual_tokens and is_pure_decode(query_lens):
             decode, chunks = self._graph_decode(n), None
         else:
-            decode, chunks = self._eager_batches(block_table, starts, query_lens, seen)
+            decode, chunks = self._eager_batches(block_table, starts, query_lens, seen, budgets)
         return TovaTritonMetadata(
-            cm.num_actual_tokens, cm.seq_lens[:n], block_table, decode, chunks, self.workspace
+            cm.num_actual_tokens, cm.seq_lens[:n], block_table, self.row_budgets[:n], decode, chunks,
+            self.workspace,
         )
 
     def full_graphs(self) -> bool:
@@ -200,10 +230,11 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
         starts: torch.Tensor,
         query_lens: torch.Tensor,
         seen: torch.Tensor,
+        budgets: torch.Tensor,
     ) -> tuple[DecodeBatch | None, ChunkBatch | None]:
         """Decode rows and prompt chunks of a step that runs attention eagerly, sized by the
-        scheduler's host-side lengths."""
-        retained = seen.clamp(min=0, max=self.budget)
+        scheduler's host-side lengths and each row's K."""
+        retained = torch.minimum(seen.clamp(min=0), budgets)
         decode = None
         is_decode = query_lens == 1
         if bool(is_decode.any()):
@@ -221,7 +252,8 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
         chunks = None
         if len(chunk_rows):
             chunks = pack_chunks(
-                block_table, chunk_rows, starts, query_lens, retained, seen, self.block_size, self.device
+                block_table, chunk_rows, starts, query_lens, retained, seen, self.block_size, self.device,
+                budgets,
             )
         return decode, chunks
 
@@ -235,12 +267,13 @@ def pack_chunks(
     seen: torch.Tensor,
     block_size: int,
     device: torch.device,
+    budgets: torch.Tensor,
 ) -> ChunkBatch:
     """Index arrays for the chunk rows ``rows``; host tensors in, device tensors out.
 
     block_table lives on the device; everything else (starts, query_lens, retained, seen:
-    tokens before the chunk, one entry per request row) is host-side, so the slots are
-    gathered without a sync.
+    tokens before the chunk, budgets: each row's K; one entry per request row) is host-side,
+    so the slots are gathered without a sync.
     """
     old = retained[rows]
     new = query_lens[rows]
@@ -288,6 +321,8 @@ def pack_chunks(
         retained=dev(old),
         counts=dev(counts),
         block_table=rows_table,
+        budgets=dev(budgets[rows]),
+        most=int(budgets[rows].max()),
     )
 
 
@@ -351,7 +386,7 @@ class TovaTritonImpl(TovaTorchImpl):
         if md.decode is not None:
             evicted = triton_kernels.tova_decode(
                 query, key, value, key_cache, value_cache, md.block_table, md.seq_lens,
-                md.decode.rows, md.decode.tokens, output, self.scale, self.budget,
+                md.decode.rows, md.decode.tokens, output, self.scale, md.budgets,
                 md.decode.num_splits, md.decode.longest, md.workspace,
                 block_n=TovaTritonMetadataBuilder.block_n,
                 combine=self.head_average.combine if self.head_average.world > 1 else None,
@@ -402,13 +437,17 @@ class TovaTritonImpl(TovaTorchImpl):
         logits = logits.masked_fill(~c.valid[:, None, None, :], float("-inf"))
         weights = torch.softmax(logits, dim=-1).reshape(rows, self.num_heads, width)
         positions, accumulated = self._chunk_history(c, chunk_query, packed_k)
-        scores = self.policy.score(
+        scores = self.policy.with_budget(c.budgets[:, None]).score(
             self.head_average(weights),
             None if positions is None else positions[c.padded].masked_fill(~c.valid, -1),
             None if accumulated is None else accumulated[c.padded].masked_fill(~c.valid, 0),
         ).masked_fill(~c.valid, float("-inf"))
-        kept = min(self.budget, width)
-        keep = torch.topk(scores, kept, dim=1, sorted=False).indices.sort(dim=1).values
+        # Each row keeps its own K best: ranks past a row's K become the sentinel ``width``,
+        # which sorts last and is never written.
+        kept = min(c.most, width)
+        best = torch.topk(scores, kept, dim=1, sorted=True).indices
+        beyond = torch.arange(kept, device=best.device)[None] >= c.budgets[:, None]
+        keep = best.masked_fill(beyond, width).sort(dim=1).values
         eviction_log.record(keep)
 
         # Kept retained entries stay where they are; kept chunk tokens fill, in order, the
@@ -417,9 +456,7 @@ class TovaTritonImpl(TovaTorchImpl):
         num_old = is_old.sum(dim=1, keepdim=True)
         occupied = torch.zeros(rows, width + 1, dtype=torch.bool, device=keep.device)
         occupied.scatter_(1, torch.where(is_old, keep, width), True)
-        occupied = occupied[:, : self.budget]
-        if occupied.shape[1] < self.budget:
-            occupied = F.pad(occupied, (0, self.budget - occupied.shape[1]))
+        occupied = occupied[:, :kept]
         free = torch.sort(occupied.to(torch.int8), dim=1, stable=True).indices
         order = (torch.arange(kept, device=keep.device)[None] - num_old).clamp(min=0)
         target = torch.gather(free, 1, order)

@@ -90,7 +90,7 @@ def _decode_partial(
     k_scale,  # () float32, if FP8
     v_scale,
     scale_log2,
-    budget,
+    budgets,  # (reqs,) int32: each request row's K
     split_size,
     stride_qt, stride_qh,
     stride_kt, stride_kh,
@@ -115,6 +115,7 @@ def _decode_partial(
     num_splits = tl.num_programs(2)
     row = tl.load(rows + i)
     token = tl.load(tokens + i).to(tl.int64)
+    budget = tl.load(budgets + row)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
     i = i.to(tl.int64)
 
@@ -234,7 +235,7 @@ def _decode_score(
     block_table,  # (reqs, max_blocks) int32; read by the baseline policies only
     positions,  # (slots,) int64 per physical slot (window, sink, h2o), else unused
     accumulated,  # (slots,) float32 per physical slot (h2o), else unused
-    budget,
+    budgets,  # (reqs,) int32: each request row's K
     num_splits,
     num_tiles,
     stride_ot, stride_oh,
@@ -265,6 +266,7 @@ def _decode_score(
     i = tl.program_id(0)
     tile = tl.program_id(1)
     row = tl.load(rows + i)
+    budget = tl.load(budgets + row)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
     c0 = tile * BLOCK_C
     padding = retained < 0  # seq_len 0: a padding row of a captured batch, nothing to attend
@@ -382,7 +384,7 @@ def _column_min(
     block_table,
     positions,
     accumulated,
-    budget,
+    budgets,  # (reqs,) int32: each request row's K
     stride_cr,
     stride_tr,
     stride_bt,
@@ -396,6 +398,7 @@ def _column_min(
     i = tl.program_id(0)
     tile = tl.program_id(1)
     row = tl.load(rows + i)
+    budget = tl.load(budgets + row)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
     c0 = tile * BLOCK_C
     if (retained < 0) | (c0 > retained):
@@ -430,7 +433,7 @@ def _decode_evict(
     accumulated,
     k_scale,  # () float32, if FP8
     v_scale,
-    budget,
+    budgets,  # (reqs,) int32: each request row's K
     stride_kt, stride_kh,
     stride_vt, stride_vh,
     stride_cb, stride_cs, stride_ch,
@@ -454,6 +457,7 @@ def _decode_evict(
     of the token it held before."""
     i = tl.program_id(0)
     row = tl.load(rows + i)
+    budget = tl.load(budgets + row)
     retained = tl.minimum(tl.load(seq_lens + row) - 1, budget)
     if retained < 0:
         return
@@ -597,18 +601,40 @@ class DecodeWorkspace:
     ) -> None:
         self.num_heads, self.head_size, self.budget, self.device = num_heads, head_size, budget, device
         self.rows, self.splits = max_rows, max_split_rows  # capacities: rows, rows x splits
-        # Column tiles of the score pass: about 4096 (head, column) pairs per program (tests
-        # pass a smaller block_c to give a small budget several tiles).
-        self.block_c = block_c or max(16, 4096 // _pow2(num_heads))
+        self.block_c = self.column_tile(num_heads, block_c)
         self.tiles = math.ceil((budget + 1) / self.block_c)
-        f32 = dict(dtype=torch.float32, device=device)
-        self.logits = torch.empty(max_rows, num_heads, budget + 1, **f32)
-        self.evicted = torch.empty(max_rows, dtype=torch.int32, device=device)
-        self.tile_best = torch.empty(max_rows, self.tiles, **f32)
-        self.tile_index = torch.empty(max_rows, self.tiles, dtype=torch.int32, device=device)
-        self.columns = torch.empty(max_rows, budget + 1, **f32)
-        self.part_out = torch.empty(max_split_rows * num_heads * head_size, **f32)
-        self.part_stats = torch.empty(2, max_split_rows * num_heads, **f32)
+        for name, (shape, dtype) in self.shapes(num_heads, head_size, budget, max_rows, max_split_rows, block_c).items():
+            setattr(self, name, torch.empty(shape, dtype=dtype, device=device))
+
+    @staticmethod
+    def column_tile(num_heads: int, block_c: int | None = None) -> int:
+        """Column tile of the score pass: about 4096 (head, column) pairs per program (tests
+        pass a smaller block_c to give a small budget several tiles)."""
+        return block_c or max(16, 4096 // _pow2(num_heads))
+
+    @classmethod
+    def shapes(
+        cls, num_heads: int, head_size: int, budget: int, max_rows: int, max_split_rows: int,
+        block_c: int | None = None,
+    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:  # fmt: skip
+        """Every buffer's shape and dtype: what ``__init__`` allocates and ``nbytes`` counts."""
+        tiles = math.ceil((budget + 1) / cls.column_tile(num_heads, block_c))
+        f32, i32 = torch.float32, torch.int32
+        return {
+            "logits": ((max_rows, num_heads, budget + 1), f32),
+            "evicted": ((max_rows,), i32),
+            "tile_best": ((max_rows, tiles), f32),
+            "tile_index": ((max_rows, tiles), i32),
+            "columns": ((max_rows, budget + 1), f32),
+            "part_out": ((max_split_rows * num_heads * head_size,), f32),
+            "part_stats": ((2, max_split_rows * num_heads), f32),
+        }
+
+    @classmethod
+    def nbytes(cls, *args, **kwargs) -> int:
+        """Bytes a workspace of these sizes (``shapes``' arguments) allocates, before it exists:
+        the worker reserves them before vLLM sizes the KV pool."""
+        return sum(math.prod(shape) * dtype.itemsize for shape, dtype in cls.shapes(*args, **kwargs).values())
 
     def get(self, rows: int, splits: int) -> tuple[torch.Tensor, ...]:
         """Views for ``rows`` rows and ``splits`` splits; raises beyond the capacity (growing
@@ -644,7 +670,7 @@ def tova_decode(
     tokens: torch.Tensor,
     output: torch.Tensor,
     scale: float,
-    budget: int,
+    budget: int | torch.Tensor,
     num_splits: int,
     longest: int,
     workspace: DecodeWorkspace,
@@ -661,6 +687,9 @@ def tova_decode(
     row's retained count, to size the splits: the scheduler's host-side maximum, or the
     budget itself for a step that a CUDA graph replays (the kernels bound each row's work by
     its seq_len on the device). Rows with seq_len 0 (padding) only get a zero output.
+    ``budget``: K, one int for every row or an int32 tensor with one K per request row
+    (``block_table``'s rows), each at most the workspace's budget. It is read on the device,
+    so a captured graph serves any mix of budgets.
     ``combine`` (tensor parallelism): turns the (rows, K + 1) rank-local head means of every
     column into the mean over all ranks' heads (an all-reduce), before the argmin.
     ``kv_scales`` (FP8 caches, e4m3 or vLLM's uint8): the layer's (k_scale, v_scale), () float32.
@@ -678,6 +707,9 @@ def tova_decode(
     if num_rows == 0:
         return evicted
     split_size = math.ceil(math.ceil(max(longest, 1) / num_splits) / block_n) * block_n
+    budgets = budget if isinstance(budget, torch.Tensor) else torch.full(
+        (block_table.shape[0],), budget, dtype=torch.int32, device=block_table.device
+    )
     ieee = query.dtype == torch.float32
     code = POLICY_CODES[policy]
     # TOVA's launches never read the history buffers: any tensor stands in for them.
@@ -690,7 +722,7 @@ def tova_decode(
     _decode_partial[(num_rows, num_kv_heads, num_splits)](
         query, key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
         logits, part_out, part_max, part_sum, k_scale, v_scale,
-        scale * LOG2E, budget, split_size,
+        scale * LOG2E, budgets, split_size,
         query.stride(0), query.stride(1),
         key.stride(0), key.stride(1),
         value.stride(0), value.stride(1),
@@ -709,7 +741,7 @@ def tova_decode(
     merges = math.ceil(num_heads / heads_per_merge)
     _decode_score[(num_rows, workspace.tiles + merges)](
         output, seq_lens, rows, tokens, logits, part_out, part_max, part_sum, tile_best, tile_index,
-        columns, block_table, positions, accumulated, budget, num_splits, workspace.tiles,
+        columns, block_table, positions, accumulated, budgets, num_splits, workspace.tiles,
         output.stride(0), output.stride(1),
         logits.stride(0), logits.stride(1),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
@@ -726,14 +758,14 @@ def tova_decode(
     if tensor_parallel:
         columns = combine(columns)
         _column_min[(num_rows, workspace.tiles)](
-            seq_lens, rows, columns, tile_best, tile_index, block_table, positions, accumulated, budget,
+            seq_lens, rows, columns, tile_best, tile_index, block_table, positions, accumulated, budgets,
             columns.stride(0), tile_best.stride(0), block_table.stride(0),
             BLOCK_C=workspace.block_c, POLICY=code, SINKS=sinks, BLOCK_SIZE=block_size,
             num_warps=4,
         )
     _decode_evict[(num_rows,)](
         key, value, key_cache, value_cache, block_table, seq_lens, rows, tokens,
-        tile_best, tile_index, evicted, columns, positions, accumulated, k_scale, v_scale, budget,
+        tile_best, tile_index, evicted, columns, positions, accumulated, k_scale, v_scale, budgets,
         key.stride(0), key.stride(1),
         value.stride(0), value.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),

@@ -11,7 +11,8 @@ server): ``engine_args`` (config adjustments and refusals), ``cli`` (the ``--kv-
 ``input_processor`` (per-request settings refused), ``beam_search`` (refused under a policy),
 ``core_client`` (TOVA stats decoded).
 Worker side (each process that builds the model): ``worker`` (the capped KV spec, CPU backend
-selection).
+selection), ``row_budgets`` (each batch row's K for the attention metadata),
+``worker_memory`` (the CUDA decode workspace reserved before the KV pool is sized).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def apply_all() -> None:
     if _applied:
         return
     check_vllm_version()
-    from vllm_tova.patches import beam_search, cli, core_client, engine_args, input_processor, overrides, worker
+    from vllm_tova.patches import (
+        beam_search, cli, core_client, engine_args, input_processor, overrides, row_budgets, worker,
+        worker_memory,
+    )  # fmt: skip
 
     overrides.check()
     # Engine side.
@@ -49,4 +53,6 @@ def apply_all() -> None:
     core_client.apply()
     # Worker side.
     worker.apply()
+    row_budgets.apply()
+    worker_memory.apply()
     _applied = True

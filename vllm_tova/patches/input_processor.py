@@ -18,4 +18,7 @@ def _validate_params(original, self: InputProcessor, params, supported_tasks) ->
     original(self, params, supported_tasks)
     if isinstance(params, SamplingParams):
         settings = TovaConfig.from_additional_config(self.vllm_config.additional_config)
-        check_extra_args(params.extra_args, settings)
+        config = self.vllm_config
+        check_extra_args(
+            params.extra_args, settings, config.cache_config.block_size, config.model_config.max_model_len
+        )

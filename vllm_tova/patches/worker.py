@@ -31,7 +31,7 @@ def _get_kv_cache_spec(original, self: Attention, vllm_config: VllmConfig):
     if not settings.enabled or type(spec) is not FullAttentionSpec:
         return spec
     values = {f.name: getattr(spec, f.name) for f in fields(spec) if f.init}
-    return TovaAttentionSpec(**values, kv_budget=settings.budget)
+    return TovaAttentionSpec(**values, kv_budget=settings.budget_max)
 
 
 def _cpu_get_attn_backend_cls(original, cls, selected_backend, attn_selector_config, num_heads=None) -> str:
