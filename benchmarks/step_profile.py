@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--steps", type=int, default=20, help="steps timed, then as many profiled")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--kv-cache-dtype", default="auto", help="auto, or fp8 (FP8 K/V: twice the sequences per pool)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--enforce-eager", action="store_true")
@@ -118,6 +119,8 @@ def profile_batch(llm, batch: int, args, vocab: int) -> dict:
 def render(results: list[dict], args, device: str, versions: str) -> str:
     kinds = [k for k, _ in KINDS] + ["other"]
     system = "stock vLLM" if args.policy == "none" else f"{args.policy} K={args.budget}"
+    if getattr(args, "kv_cache_dtype", "auto") != "auto":
+        system += f", {args.kv_cache_dtype} K/V"
     lines = [
         f"## {system}, prompts of {args.prompt_len} tokens, {datetime.datetime.now():%Y-%m-%d %H:%M}",
         "",
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager,
         seed=0,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
     if args.compilation_config:
         kw["compilation_config"] = args.compilation_config

@@ -2,6 +2,7 @@
 
     python -m tests.mutations [--out benchmarks/results/correctness/mutations.md]
     python -m tests.mutations --soak   # the soak's planted bugs (benchmarks/results/reliability/)
+    python -m tests.mutations --fp8    # the FP8 paths' planted bugs (mutations-fp8.md)
 
 Each mutant replaces one line of the package's source in a temporary copy of the working
 tree, then runs its tests (``FAST_TESTS`` for the package's source, the hand-worked examples
@@ -28,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "benchmarks" / "results" / "correctness" / "mutations.md"
 SOAK_RECORD = REPO / "benchmarks" / "results" / "reliability" / "soak-mutations.md"
+FP8_RECORD = RECORD.with_name("mutations-fp8.md")
 
 #: The CPU unit level: no engine, no model; about 20 s per run, most of it importing vLLM.
 FAST_TESTS = [
@@ -242,6 +244,9 @@ FP8_MUTANTS = [
 ]
 
 
+#: The FP8 mutants' own baseline: their tests on the unmutated tree.
+UNMUTATED_FP8 = Mutant("unmutated tree, FP8 tests", "", "", "", FP8_TESTS, INTERPRETED)
+
 #: Server faults that only a run under load shows, and the soak test that must catch each
 #: (record only, ~3 min each: ``--soak``; CI runs the soak test itself once).
 SOAK_TESTS = ("tests/test_soak.py",)
@@ -312,6 +317,8 @@ def copy_tree(dest: Path) -> None:
 
 
 def apply(mutant: Mutant, tree: Path) -> None:
+    if not mutant.old:  # a baseline: nothing to plant
+        return
     path = tree / mutant.path
     text = path.read_text()
     count = text.count(mutant.old)
@@ -393,13 +400,21 @@ def render(outcomes: list[Outcome], command: str, tests: list[str] | tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None, help=f"default {RECORD} ({SOAK_RECORD} with --soak)")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help=f"default {RECORD} ({SOAK_RECORD} with --soak, {FP8_RECORD} with --fp8)",
+    )
     parser.add_argument("--soak", action="store_true", help="the soak's mutants, against tests/test_soak.py")
+    parser.add_argument("--fp8", action="store_true", help="the FP8 mutants, against the FP8 kernel cases")
     args = parser.parse_args(argv)
-    tests = SOAK_TESTS if args.soak else tuple(FAST_TESTS)
-    out = args.out or (SOAK_RECORD if args.soak else RECORD)
+    if args.fp8:  # the baseline needs the interpreter too, so it is a mutant that plants nothing
+        tests, out, planned = FP8_TESTS, args.out or FP8_RECORD, [UNMUTATED_FP8, *FP8_MUTANTS]
+    else:
+        tests = SOAK_TESTS if args.soak else tuple(FAST_TESTS)
+        out = args.out or (SOAK_RECORD if args.soak else RECORD)
+        planned = [None, *(SOAK_MUTANTS if args.soak else [*MUTANTS, *REFERENCE_MUTANTS, *HALF_STATS_MUTANTS, *FP8_MUTANTS])]
     outcomes = []
-    for mutant in [None, *(SOAK_MUTANTS if args.soak else [*MUTANTS, *REFERENCE_MUTANTS, *HALF_STATS_MUTANTS, *FP8_MUTANTS])]:
+    for mutant in planned:
         outcome = run(mutant, tests if mutant is None else None)
         name = "unmutated tree" if mutant is None else mutant.name
         print(f"{name}: {'caught' if outcome.caught else 'not caught'} ({outcome.summary})", flush=True)

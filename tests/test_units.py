@@ -62,6 +62,24 @@ def test_spec_reports_capped_memory_and_merges() -> None:
         TovaAttentionSpec.merge([spec, other])
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_profiling_pass_returns_zeros(backend: str) -> None:
+    """vLLM's profiling pass (no metadata) must not hand garbage to later layers: the FP8
+    scale calibration (--calculate-kv-scales) reads their K/V in that pass."""
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    from vllm_tova.attention.torch_backend import TovaTorchImpl
+    from vllm_tova.attention.triton_backend import TovaTritonImpl
+    from vllm_tova.config import additional_config
+
+    with set_current_vllm_config(VllmConfig(additional_config=additional_config("tova", 64, 64))):
+        impl = (TovaTorchImpl if backend == "torch" else TovaTritonImpl)(4, 16, 0.25, 2, None, None, "fp8")
+    output = torch.full((3, 4, 16), float("nan"))
+    kv = torch.zeros(2, 2, 16, 2, 16, dtype=torch.uint8)
+    q, k = torch.randn(3, 4, 16), torch.randn(3, 2, 16)
+    assert impl.forward(None, q, k, k, kv, None, output) is output and bool((output == 0).all())
+
+
 def test_spec_page_follows_the_cache_dtype() -> None:
     """vLLM stores FP8 K/V as uint8 (``STR_DTYPE_TO_TORCH_DTYPE``): the worker's spec patch
     keeps that dtype and the quantization mode, so a page and the capped per-sequence memory

@@ -372,8 +372,11 @@ class TovaTritonImpl(TovaTorchImpl):
         output_scale: torch.Tensor | None = None,
         output_block_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if attn_metadata is None:  # profiling run
-            return output
+        if attn_metadata is None:
+            # Profiling run: zeros, as vLLM's GPU backends return, not the uninitialized
+            # buffer. --calculate-kv-scales sets the FP8 scales from this pass's K/V, which
+            # garbage from earlier layers would make NaN.
+            return output.fill_(0)
         if self.fp8:
             kv_cache = fp8.byte_view(kv_cache)
         key_cache, value_cache = kv_cache.unbind(0)
