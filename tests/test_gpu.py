@@ -289,9 +289,10 @@ def _fp8_loss(fp8: tuple[list[int], list[float]], bf16: tuple[list[int], list[fl
     return agreement, drift, nll
 
 
-def test_fp8_against_bf16_beside_stock(model_path: Path, austen_ids: list[int]) -> None:
+def test_fp8_against_bf16_beside_stock(model_path: Path, austen_ids: list[int], monkeypatch) -> None:
     """TOVA with an FP8 cache against TOVA in bf16, beside stock FP8 against stock bf16, on
     the same windows (V2 model runner, vLLM's default)."""
+    monkeypatch.setenv("VLLM_TOVA_UNVALIDATED_FP8", "1")  # this test is what validates it
     prompts = [austen_ids[start : start + n] for start, n in FP8_WINDOWS]
     assert [len(p) for p in prompts] == [n for _, n in FP8_WINDOWS], "the windows run past the text"
     config = dict(GPU_DEFAULTS, dtype="bfloat16")
