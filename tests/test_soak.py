@@ -21,7 +21,7 @@ SHORT, LONG = [9, 47, 95], [600]  # the long prompt is chunked (C=256) and evict
 CLIENTS, SECONDS, MAX_REQUESTS = 12, 30.0, 60
 # The server's token budget holds one chunk beside a full batch of decodes (256 + 31 <= 300),
 # the offline engine's 1,024: chunk-aligned scheduling makes every output independent of it,
-# and a scheduler that let the budget cut a chunk short would show under load.
+# so any output that depends on the budget fails.
 SERVER_STEP_TOKENS = 300
 
 
