@@ -3,7 +3,7 @@ requests mixed in, for minutes; then check that nothing leaked.
 
 ``python -m benchmarks.soak`` (CPU, fp32 SmolLM2, greedy) runs the good prompts through the
 offline engine (the reference texts), closes it, starts ``vllm serve`` with the same settings,
-warms it up with every prompt and every bad kind once, then keeps ``--clients`` requests in
+warms it up with every prompt and every bad and broken-off kind once, then keeps ``--clients`` requests in
 flight until ``--minutes`` have passed or ``--max-requests`` were sent. Afterwards:
 
 - every good request's streamed text equals the offline engine's for its prompt;
@@ -38,11 +38,12 @@ from benchmarks.server import metric, scrape
 from benchmarks.soak_client import BAD, BROKEN, GOOD, Outcome, Prompt, bad_body, good_body, send
 
 # Growth of the server tree's RSS allowed from after the warm-up to after the load. The tree
-# (API server, EngineCore; ~1-2 GiB) keeps its weights and KV pool from start-up, and the
-# warm-up has already run every prompt length and every error path once, so what remains is
-# allocator caching of batch shapes not seen yet: tens of MiB at most. A leak of one prompt
-# (a Python list of ~1k ints, ~40 KiB) per request over the ~1,000 requests of a 5-minute
-# soak is ~40 MiB, a leaked response buffer per request more: 64 MiB catches those.
+# (API server, EngineCore, worker: ~3.8 GiB here) holds its weights and KV pool from start-up,
+# and the warm-up has already run every prompt length and every error path once, so what
+# remains is allocator caching of batch shapes not seen yet: tens of MiB at most. The bound
+# catches a leak of 64 KiB or more per request over the ~1,000 requests expected in 5 minutes
+# (a kept request with its token lists and output buffers), or of a few MiB per request over a
+# short run's few dozen; smaller leaks pass unseen.
 RSS_GROWTH_MIB = 64.0
 SETTLE_S = 60.0  # after the load, how long the engine may take to finish what is in flight
 # glibc's malloc raises its mmap threshold as large blocks are freed, then serves later large

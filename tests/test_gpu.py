@@ -322,7 +322,7 @@ def test_fp8_against_bf16_beside_stock(model_path: Path, austen_ids: list[int], 
 #: at the peak: the builders' persistent buffers (an int32 arange of max_num_seqs against
 #: FlashAttention's metadata: KiB), the pool's rounding to whole blocks (one block here is
 #: 16 x 30 layers x 2 x 3 x 64 x 4 B = 0.7 MiB), and prompt-chunk transients, which stay under
-#: the MLP peak of vLLM's profile run. The workspace here is ~85 MiB (256 rows x 9 heads x
+#: the MLP peak of vLLM's profile run. The workspace here is ~89 MiB (256 rows x 9 heads x
 #: 8,193 fp32 logits and the columns), so an unreserved one fails by ten times the bound.
 MEMORY_BOUND_MIB = 8.0
 

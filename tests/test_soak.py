@@ -19,6 +19,10 @@ from tests.server import serve_flags
 BUDGET, CHUNK = 128, 256
 SHORT, LONG = [9, 47, 95], [600]  # the long prompt is chunked (C=256) and evicts (K=128)
 CLIENTS, SECONDS, MAX_REQUESTS = 12, 30.0, 60
+# The server's token budget holds one chunk beside a full batch of decodes (256 + 31 <= 300),
+# the offline engine's 1,024: chunk-aligned scheduling makes every output independent of it,
+# so any output that depends on the budget fails.
+SERVER_STEP_TOKENS = 300
 
 
 def test_short_soak(engines, model_path: Path, austen_ids: list[int], tmp_path: Path) -> None:
@@ -26,7 +30,8 @@ def test_short_soak(engines, model_path: Path, austen_ids: list[int], tmp_path: 
     references = reference_texts(engines.get(additional_config=tova(BUDGET, CHUNK)), prompts)
     engines.close()  # one engine alive at a time
     plan = Plan(str(model_path), prompts, references, len(SHORT), ENGINE_DEFAULTS["max_model_len"], BUDGET)
-    flags = serve_flags() + ["--kv-policy", "tova", "--kv-budget", str(BUDGET), "--kv-prefill-chunk", str(CHUNK)]
+    flags = serve_flags(max_num_batched_tokens=SERVER_STEP_TOKENS)
+    flags += ["--kv-policy", "tova", "--kv-budget", str(BUDGET), "--kv-prefill-chunk", str(CHUNK)]
     with soak_server(str(model_path), flags, tmp_path / "server.log") as (url, proc):
         record = soak(url, proc.pid, plan, CLIENTS, SECONDS, MAX_REQUESTS)
         alive = proc.poll() is None
