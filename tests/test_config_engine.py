@@ -59,6 +59,11 @@ def test_tova_turns_on_what_it_needs(model_path: Path) -> None:
             r"\(e.g. --kv-budget 96 or 128\)",
         ),
         (
+            {"additional_config": {**tova(128, 256), "kv_budget_max": 200}},
+            r"--kv-budget-max / kv_budget_max=200 is not a multiple of the KV block size 32: .* "
+            r"\(e.g. --kv-budget-max 192 or 224\)",
+        ),
+        (
             {"additional_config": tova(128, 1024), "max_num_batched_tokens": 1024, "max_num_seqs": 32},
             r"kv_prefill_chunk=1024 does not fit a step beside a full batch of decodes .* Allowed: "
             r"--kv-prefill-chunk <= 993, --max-num-batched-tokens >= 1055, or --max-num-seqs <= 1\.",
