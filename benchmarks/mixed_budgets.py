@@ -6,8 +6,8 @@ the rest long generations (``--long-prompt`` + ``--long-gen``), interleaved. Thr
 one after the other, on the same KV pool:
 
 - ``stock``: vLLM without a policy (every request keeps everything);
-- ``tova``: every request at K = ``--budget`` (short turns shorter than K evict nothing, but
-  each still reserves its capped blocks at admission);
+- ``tova``: every request at K = ``--budget`` (a short turn shorter than K evicts nothing
+  but still reserves its capped blocks at admission; a longer one is evicted too);
 - ``mixed``: the server's default K = ``--budget`` with ``--kv-budget-max`` = max_model_len;
   short turns ask for ``kv_policy: none`` (exact attention, stock block growth), long ones
   take the default.

@@ -65,6 +65,11 @@ def test_fp8_kv_cache_is_accepted(model_path: Path, kv_cache_dtype: str) -> None
             r"\(e.g. --kv-budget 96 or 128\)",
         ),
         (
+            {"additional_config": {**tova(128, 256), "kv_budget_max": 200}},
+            r"--kv-budget-max / kv_budget_max=200 is not a multiple of the KV block size 32: .* "
+            r"\(e.g. --kv-budget-max 192 or 224\)",
+        ),
+        (
             {"additional_config": tova(128, 1024), "max_num_batched_tokens": 1024, "max_num_seqs": 32},
             r"kv_prefill_chunk=1024 does not fit a step beside a full batch of decodes .* Allowed: "
             r"--kv-prefill-chunk <= 993, --max-num-batched-tokens >= 1055, or --max-num-seqs <= 1\.",
@@ -165,3 +170,16 @@ def test_budget_at_or_above_max_model_len_warns(model_path: Path, caplog) -> Non
     with caplog.at_level(logging.WARNING, logger="vllm.tova"):
         _config(model_path, additional_config=tova(2048, 256))
     assert "nothing will ever be evicted" in caplog.text
+
+
+def test_startup_log_states_the_per_request_limits(model_path: Path, caplog) -> None:
+    import logging
+
+    logging.getLogger("vllm.tova").propagate = True
+    with caplog.at_level(logging.INFO, logger="vllm.tova"):
+        _config(model_path, additional_config={**tova(128, 256), "kv_budget_max": 2048})
+    assert "a request may ask for its own kv_budget up to 2048 (64 KV blocks), or kv_policy none" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vllm.tova"):
+        _config(model_path, additional_config={**tova(128, 256), "kv_budget_max": 256})
+    assert "up to 256 (8 KV blocks)." in caplog.text  # no room for exact attention

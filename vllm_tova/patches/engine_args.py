@@ -159,6 +159,13 @@ def _log_startup(config: VllmConfig, settings: TovaConfig) -> None:
         full,
         full / cap,
     )
+    if settings.budget_max != settings.budget:
+        logger.info(
+            "vllm-tova: a request may ask for its own kv_budget up to %d (%d KV blocks)%s.",
+            settings.budget_max,
+            blocks_per_sequence(min(settings.budget_max, max_len), block_size),
+            ", or kv_policy none (exact attention)" if settings.allows_exact(max_len) else "",
+        )
 
 
 def _user_chose_capture_sizes(args: EngineArgs) -> bool:
