@@ -52,10 +52,9 @@ def server_values(settings: TovaConfig) -> dict[str, Any]:
 def row_budget(extra_args: Mapping[str, Any] | None, settings: TovaConfig, max_model_len: int) -> int:
     """The K a (validated) request runs with: its ``kv_budget``, max_model_len for
     ``kv_policy: none`` (never evicts), else the server's ``kv_budget``."""
-    extra_args = extra_args or {}
-    if extra_args.get(POLICY_KEY) == "none":
+    if asks_exact(extra_args):
         return max_model_len
-    return int(extra_args.get(BUDGET_KEY, settings.budget))
+    return int((extra_args or {}).get(BUDGET_KEY, settings.budget))
 
 
 def asks_exact(extra_args: Mapping[str, Any] | None) -> bool:
