@@ -36,12 +36,11 @@ from pathlib import Path
 from benchmarks import half_report
 from benchmarks.half_stats import BASELINE_DTYPE, Config, compare, reference_checks
 from benchmarks.job_pool import Job, Outcome, run_jobs
-from benchmarks.perplexity import RESULTS, load_windows
+from benchmarks.perplexity import RESULTS, add_window_arguments, load_windows
 from benchmarks.ppl_job import command, read_result, read_windows, result_name, write_windows
 from benchmarks.ppl_scoring import FULL, Scored, Window
 from benchmarks.report import device_slug
 from vllm_tova import assets
-from vllm_tova.policy import POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
 HALF_DTYPES = ("bfloat16", "float16")
@@ -51,13 +50,7 @@ SHARED_GPU_MEMORY_UTILIZATION = 0.03
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="HF checkpoint (default: the cached SmolLM2-135M)")
-    p.add_argument("--texts", nargs="+", default=list(assets.AUSTEN_NOVELS), choices=assets.AUSTEN_NOVELS)
-    p.add_argument("--windows", type=int, default=1, help="windows per novel")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--budgets", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--policies", nargs="+", default=["tova", FULL, "h2o", "sink", "window"],
-                   choices=[*POLICIES, FULL])  # fmt: skip
+    add_window_arguments(p, 2048, [128, 512], ["tova", FULL, "h2o", "sink", "window"])
     p.add_argument("--dtypes", nargs="+", default=list(HALF_DTYPES), choices=HALF_DTYPES)
     p.add_argument("--reference-windows", type=int, default=1, help="windows the HF reference re-scores (0: none)")
     p.add_argument(

@@ -37,14 +37,22 @@ AGREEMENT = 0.005  # reference vs vLLM, relative perplexity difference
 RESULTS = Path(__file__).parent / "results" / "quality"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_window_arguments(
+    p: argparse.ArgumentParser, seq_len: int, budgets: list[int], policies: list[str]
+) -> None:
+    """The model, the Austen windows and the (policy, K) grid: what every perplexity-style
+    benchmark scores, with its own defaults."""
     p.add_argument("--model", default=None, help="HF checkpoint (default: the cached SmolLM2-135M)")
     p.add_argument("--texts", nargs="+", default=list(assets.AUSTEN_NOVELS), choices=assets.AUSTEN_NOVELS)
     p.add_argument("--windows", type=int, default=1, help="windows per novel")
-    p.add_argument("--seq-len", type=int, default=4096)
-    p.add_argument("--budgets", type=int, nargs="+", default=DEFAULT_BUDGETS)
-    p.add_argument("--policies", nargs="+", default=[*POLICIES, FULL], choices=[*POLICIES, FULL])
+    p.add_argument("--seq-len", type=int, default=seq_len)
+    p.add_argument("--budgets", type=int, nargs="+", default=budgets)
+    p.add_argument("--policies", nargs="+", default=policies, choices=[*POLICIES, FULL])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_window_arguments(p, 4096, DEFAULT_BUDGETS, [*POLICIES, FULL])
     p.add_argument("--reference-windows", type=int, default=0, help="windows re-scored by the reference")
     p.add_argument(
         "--reference-threads",
