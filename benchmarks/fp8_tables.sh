@@ -20,8 +20,6 @@
 # far are merged into <device>-<shape>-completion-fp8.{csv,md,png}: every system side by
 # side with the ratios and targets (rows from different calls, so maybe different cards).
 set -euo pipefail
-# The CUDA FP8 path is refused without this opt-in until its GPU tests pass (README).
-export VLLM_TOVA_UNVALIDATED_FP8=1
 out=${1:?OUT_DIR}
 repeats=${2:?REPEATS}
 part=${3:?PART: llama2-7b, llama2-7b-more, llama2-7b-k256, llama3-8b, llama3-8b-more or llama3-8b-k256}
@@ -74,6 +72,14 @@ if rows:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    # The merged table's header: the shape's title and every part's command, for --render.
+    def header(part_csv):
+        lines = open(part_csv[: -len(".csv")] + ".md").read().splitlines()
+        return lines[0], next(l[len("- command: `"):-1] for l in lines if l.startswith("- command: `"))
+    heads = [header(f) for f in parts]
+    commands = " && ".join(c for _, c in heads)
+    with open(merged[: -len(".csv")] + ".md", "w") as f:
+        f.write(f"{heads[0][0]}\n\n- command: `{commands}`\n")
     print(merged)
 PY
 )

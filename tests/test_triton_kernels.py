@@ -491,7 +491,7 @@ def test_chunk_absorption_matches_torch_backend(dtype, kv_cache_dtype):
             row, query, want_key, want_value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
         )
     if fp8:
-        want_k, want_v = emulated_fp8(want_k, scales[0])[0], emulated_fp8(want_v, scales[1])[0]
+        want_k, want_v = (emulated_fp8(c, s)[0].to(DEVICE) for c, s in ((want_k, scales[0]), (want_v, scales[1])))
 
     retained = torch.tensor([old for old, _ in rows])
     batch = pack_chunks(

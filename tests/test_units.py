@@ -199,14 +199,3 @@ def test_raises_the_cuda_graph_capture_size_to_max_num_seqs_unless_chosen() -> N
     assert not _raise_capture_size(EngineArgs(model="m"), built(256, 512))
     chosen = EngineArgs(model="m", compilation_config=CompilationConfig(max_cudagraph_capture_size=512))
     assert _user_chose_capture_sizes(chosen)
-
-
-def test_fp8_on_cuda_needs_the_opt_in_until_validated() -> None:
-    from vllm_tova.attention import fp8
-
-    refusal = fp8.unvalidated_gpu_refusal("fp8", {})
-    assert refusal and "--kv-cache-dtype fp8" in refusal and "VLLM_TOVA_UNVALIDATED_FP8=1" in refusal
-    assert "--kv-cache-dtype auto" in refusal
-    assert fp8.unvalidated_gpu_refusal("fp8_e4m3", {"VLLM_TOVA_UNVALIDATED_FP8": "1"}) is None
-    assert fp8.unvalidated_gpu_refusal("fp8_e4m3", {"VLLM_TOVA_UNVALIDATED_FP8": "0"})
-    assert fp8.unvalidated_gpu_refusal("auto", {}) is None

@@ -16,8 +16,6 @@ retained, is attended and scored as the cache holds it, as stock vLLM reads it b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
 FP8_KV_CACHE_DTYPES = ("fp8", "fp8_e4m3")
@@ -58,19 +56,3 @@ def as_stored(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``values`` as the cache would give them back."""
     return dequantize(quantize(values, scale), scale, values.dtype)
 
-
-#: Opt-in for the CUDA FP8 path until its GPU tests pass (see ``unvalidated_gpu_refusal``).
-UNVALIDATED_GPU_ENV = "VLLM_TOVA_UNVALIDATED_FP8"
-
-
-def unvalidated_gpu_refusal(kv_cache_dtype: str, environ: Mapping[str, str]) -> str | None:
-    """Why an FP8 cache is refused on a CUDA GPU, or None. The Triton decode kernels pass
-    their FP8 tests on an H100, but the prompt-chunk absorption test does not yet, so a user
-    must opt in knowingly (benchmarks, debugging) rather than get an unproven cache."""
-    if not is_fp8(kv_cache_dtype) or environ.get(UNVALIDATED_GPU_ENV) == "1":
-        return None
-    return (
-        f"--kv-cache-dtype {kv_cache_dtype} with a TOVA policy is not yet validated on CUDA GPUs "
-        "(its prompt-chunk test fails on an H100; the CPU engine is validated). Use "
-        f"--kv-cache-dtype auto, or set {UNVALIDATED_GPU_ENV}=1 to run it anyway."
-    )

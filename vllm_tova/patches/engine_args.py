@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 
 from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.engine.arg_utils import EngineArgs
@@ -99,9 +98,6 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
     if current_platform.is_cuda():
         if fp8.is_fp8(cache_dtype) and not current_platform.has_device_capability(89):
             refusals["an FP8 KV cache below compute capability 8.9 (--kv-cache-dtype auto)"] = True
-        gpu_fp8_refusal = fp8.unvalidated_gpu_refusal(cache_dtype, os.environ)
-        if gpu_fp8_refusal:
-            raise ValueError(gpu_fp8_refusal)
         if settings.policy not in GPU_POLICIES:
             refusals[f"CUDA GPUs yet (their kernels serve {', '.join(GPU_POLICIES)})"] = True
         head_size = model.get_head_size()
