@@ -13,7 +13,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: venv test demo assets bench serve-load clean
+.PHONY: venv test test-fast demo assets bench serve-load clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,10 @@ serve-load: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# The unit tier only (no engine started): a few minutes.
+test-fast: venv
+	$(PY) -m pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV)

@@ -28,7 +28,7 @@ import vllm
 from benchmarks.report import append_section, device_slug
 from benchmarks.signals import sigterm_as_exit
 
-TESTS = ["tests/test_triton_kernels.py", "tests/test_gpu.py"]
+TESTS = ["tests/kernels/test_triton_kernels.py", "tests/gpu/test_gpu.py"]
 RESULTS = Path(__file__).parent / "results" / "correctness"
 
 # An outcome as pytest -v prints it: the word, maybe a skip reason, maybe the progress.

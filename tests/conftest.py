@@ -1,5 +1,8 @@
 """Shared fixtures: the real SmolLM2 model, real Austen text, and vLLM engine helpers.
 
+Tests live in one folder per cost, each a marker of the same name (``pytest.ini``):
+``unit`` (no engine; ``make test-fast``), ``kernels``, ``engine``, ``serve``, ``gpu``.
+
 Engines start in ~60 s on this CPU, so tests share them through the session-wide
 ``engines`` fixture, which keeps one alive at a time (an idle engine takes no CPU).
 """
@@ -36,6 +39,17 @@ ENGINE_DEFAULTS = dict(
     # with the reference's and still share engines: see tests/equivalence.py.
     worker_extension_cls=eviction_log.WORKER_EXTENSION,
 )
+
+
+TIERS = ("unit", "kernels", "engine", "serve", "gpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's tier, so ``-m`` selects by cost."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ tree, then runs its tests (``FAST_TESTS`` for the package's source, the hand-wor
 for the reference's) there in a fresh Python (so vLLM's plugin loading and every
 import see the mutated code); a mutant is caught when at least one test fails. The record
 names, per mutant, each test that failed and its first failure line. The unmutated tree
-runs first and must pass. ``tests/test_mutations.py`` runs the same check in CI.
+runs first and must pass. ``tests/unit/test_mutations.py`` runs the same check in CI.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ FP8_RECORD = RECORD.with_name("mutations-fp8.md")
 
 #: The CPU unit level: no engine, no model; about 20 s per run, most of it importing vLLM.
 FAST_TESTS = [
-    "tests/test_torch_backend_vs_reference.py",
-    "tests/test_reference_by_hand.py",
-    "tests/test_policies.py",
-    "tests/test_units.py",
+    "tests/unit/test_torch_backend_vs_reference.py",
+    "tests/unit/test_reference_by_hand.py",
+    "tests/unit/test_policies.py",
+    "tests/unit/test_units.py",
 ]
 
 
@@ -104,7 +104,7 @@ MUTANTS = [
 
 #: The reference's own definitions, pinned by the hand-worked examples (record only; CI runs
 #: ``MUTANTS``, the backend's).
-BY_HAND = ("tests/test_reference_by_hand.py",)
+BY_HAND = ("tests/unit/test_reference_by_hand.py",)
 REFERENCE_MUTANTS = [
     Mutant(
         "reference: TOVA scores with head 0",
@@ -138,7 +138,7 @@ REFERENCE_MUTANTS = [
 
 #: The half-precision table's statistics and verdicts (benchmarks/half_stats.py), pinned by
 #: their unit tests (record only, as the reference's).
-HALF_STATS = ("tests/test_half_stats.py",)
+HALF_STATS = ("tests/unit/test_half_stats.py",)
 HALF_STATS_MUTANTS = [
     Mutant(
         "half precision: p99 |Δ| computed as the max",
@@ -173,7 +173,7 @@ HALF_STATS_MUTANTS = [
 
 #: The FP8 paths, caught by the FP8 kernel cases in Triton's interpreter (record only, about
 #: 60 s each; CI runs ``MUTANTS``).
-FP8_TESTS = ("tests/test_triton_kernels.py", "-k", "fp8")
+FP8_TESTS = ("tests/kernels/test_triton_kernels.py", "-k", "fp8")
 INTERPRETED = (("TRITON_INTERPRET", "1"),)
 _KERNELS = "vllm_tova/attention/triton_kernels.py"
 _CUDA_BACKEND = "vllm_tova/attention/triton_backend.py"
@@ -249,7 +249,7 @@ UNMUTATED_FP8 = Mutant("unmutated tree, FP8 tests", "", "", "", FP8_TESTS, INTER
 
 #: Server faults that only a run under load shows, and the soak test that must catch each
 #: (record only, ~3 min each: ``--soak``; CI runs the soak test itself once).
-SOAK_TESTS = ("tests/test_soak.py",)
+SOAK_TESTS = ("tests/serve/test_soak.py",)
 SOAK_MUTANTS = [
     Mutant(
         "one KV block kept by every aborted request (cancelled or reset streams)",
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None,
         help=f"default {RECORD} ({SOAK_RECORD} with --soak, {FP8_RECORD} with --fp8)",
     )
-    parser.add_argument("--soak", action="store_true", help="the soak's mutants, against tests/test_soak.py")
+    parser.add_argument("--soak", action="store_true", help="the soak's mutants, against tests/serve/test_soak.py")
     parser.add_argument("--fp8", action="store_true", help="the FP8 mutants, against the FP8 kernel cases")
     args = parser.parse_args(argv)
     if args.fp8:  # the baseline needs the interpreter too, so it is a mutant that plants nothing

@@ -19,7 +19,7 @@ a policy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm_tova.config import (
     BUDGET_KEY,
@@ -33,6 +33,9 @@ from vllm_tova.config import (
     flag,
     label,
 )
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
 
 WHERE = "extra_args/vllm_xargs"
 
@@ -61,6 +64,16 @@ def asks_exact(extra_args: Mapping[str, Any] | None) -> bool:
     """Whether a (validated) request asked for exact attention: its blocks grow as in stock
     vLLM, with nothing reserved ahead."""
     return (extra_args or {}).get(POLICY_KEY) == "none"
+
+
+def check_request(extra_args: Mapping[str, Any] | None, config: "VllmConfig") -> None:
+    """``check_extra_args`` against an engine's configuration."""
+    check_extra_args(
+        extra_args,
+        TovaConfig.from_additional_config(config.additional_config),
+        config.cache_config.block_size,
+        config.model_config.max_model_len,
+    )
 
 
 def check_extra_args(

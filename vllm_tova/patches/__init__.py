@@ -8,7 +8,8 @@ process that loads the plugin.
 
 Engine side (the process that builds the VllmConfig: ``LLM(...)``, ``vllm serve``; the API
 server): ``engine_args`` (config adjustments and refusals), ``cli`` (the ``--kv-*`` flags),
-``input_processor`` (per-request settings refused), ``beam_search`` (refused under a policy),
+``input_processor`` (per-request settings refused), ``serving`` (the same, before a stream
+starts), ``beam_search`` (refused under a policy),
 ``core_client`` (TOVA stats decoded).
 Worker side (each process that builds the model): ``worker`` (the capped KV spec, CPU backend
 selection), ``row_budgets`` (each batch row's K for the attention metadata),
@@ -40,8 +41,8 @@ def apply_all() -> None:
         return
     check_vllm_version()
     from vllm_tova.patches import (
-        beam_search, cli, core_client, engine_args, input_processor, overrides, row_budgets, worker,
-        worker_memory,
+        beam_search, cli, core_client, engine_args, input_processor, overrides, row_budgets, serving,
+        worker, worker_memory,
     )  # fmt: skip
 
     overrides.check()
@@ -49,6 +50,7 @@ def apply_all() -> None:
     engine_args.apply()
     cli.apply()
     input_processor.apply()
+    serving.apply()
     beam_search.apply()
     core_client.apply()
     # Worker side.

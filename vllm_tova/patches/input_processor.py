@@ -5,9 +5,8 @@ from __future__ import annotations
 from vllm.sampling_params import SamplingParams
 from vllm.v1.engine.input_processor import InputProcessor
 
-from vllm_tova.config import TovaConfig
 from vllm_tova.patches.wrap import wrap
-from vllm_tova.request_params import check_extra_args
+from vllm_tova.request_params import check_request
 
 
 def apply() -> None:
@@ -17,8 +16,4 @@ def apply() -> None:
 def _validate_params(original, self: InputProcessor, params, supported_tasks) -> None:
     original(self, params, supported_tasks)
     if isinstance(params, SamplingParams):
-        settings = TovaConfig.from_additional_config(self.vllm_config.additional_config)
-        config = self.vllm_config
-        check_extra_args(
-            params.extra_args, settings, config.cache_config.block_size, config.model_config.max_model_len
-        )
+        check_request(params.extra_args, self.vllm_config)

@@ -3,7 +3,7 @@
 These are not patches (nothing in vLLM is changed), but a vLLM release that renames one, or
 changes its parameters, would break the plugin as surely: a renamed private hook is simply
 never called. So their signatures are checked at plugin load, like the patches' (``wrap``).
-``None`` marks an attribute, which only has to exist. ``tests/test_patch_index.py`` checks
+``None`` marks an attribute, which only has to exist. ``tests/unit/test_patch_index.py`` checks
 that this table matches the code and ``patches/README.md``.
 """
 

@@ -5,7 +5,7 @@ ranks all-reduce their scores. Checked here, per prompt (each run alone so its l
 one sequence's): every rank logs the same eviction decisions at every layer and step, and
 those decisions and the tokens follow the single-process HF reference strictly (see
 tests/equivalence.py). The first prompt and K, C are those of a TP=1 case of
-tests/test_reference_equivalence.py, which holds TP=1 to the same reference.
+tests/engine/test_reference_equivalence.py, which holds TP=1 to the same reference.
 The Ray executor is GPU-only in vLLM; benchmarks/tensor_parallel.py runs it on GPUs.
 """
 

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.serve_load import main, percentile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A stand-in for the OpenAI server: answers /health, records its pid.
 HEALTH_SERVER = """

@@ -1,7 +1,7 @@
 """The TOVA block manager reserves a request's whole cap when it is admitted (no engine).
 
 The engine-level check (an overloaded pool runs with 0 preemptions and exact outputs) is
-``tests/test_isolation.py``; the measured overload is in ``benchmarks/results/reliability``.
+``tests/engine/test_isolation.py``; the measured overload is in ``benchmarks/results/reliability``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import vllm_tova
 from vllm_tova import patches
 from vllm_tova.patches import overrides, wrap
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INDEX = ROOT / "patches" / "README.md"
 
 

@@ -1,7 +1,7 @@
 """The CUDA decode workspace's size, reserved before vLLM sizes the KV pool (no GPU needed).
 
 The worker patch subtracts ``reserved_bytes`` from the memory vLLM hands the KV pool; the
-GPU test (tests/test_gpu.py::test_workspace_counted_before_the_pool) checks the result on a
+GPU test (tests/gpu/test_gpu.py::test_workspace_counted_before_the_pool) checks the result on a
 device. Here: the count equals what the workspace allocates, and it follows min(K,
 max_model_len) and min(max_num_seqs, max_num_batched_tokens), not K.
 """

@@ -253,7 +253,7 @@ def test_half_precision_agreement(dtype: str, model_path: Path, reference_prompt
 #: (1.0, as the throughput tables run): ``--calculate-kv-scales`` calibrates on the profiling
 #: pass's dummy tokens, which on the CPU engine saturated real K/V (TOVA K=64: agreement
 #: 0.835 with those scales against 0.927 with 1.0), a property of vLLM's calibration that
-#: stock shares. Scales far from 1.0 are the kernel tests' job (tests/test_triton_kernels.py).
+#: stock shares. Scales far from 1.0 are the kernel tests' job (tests/kernels/test_triton_kernels.py).
 FP8_WINDOWS = [(4_000 + 7_000 * i, 1_024) for i in range(8)]  # (offset, length) in Emma's tokens
 FP8_BUDGET = 128  # 1/8 of the window: most positions attend a context TOVA has evicted from
 #: Per entry, e4m3 noise is the same for stock and TOVA (same format, same scales); TOVA adds

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks.gpu_correctness import outcomes_by_test
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Shapes copied from a real run's log on an H200 (long lines shortened).
 LOG = """\

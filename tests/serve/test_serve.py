@@ -212,6 +212,20 @@ def test_bad_request_gets_4xx_and_server_keeps_serving(server, model_path, promp
     assert status == 200 and reply["choices"][0]["text"] == offline[3]
 
 
+@pytest.mark.parametrize("xargs", [{"kv_budget": 512}, {"kv_policy": "none"}])
+def test_streamed_bad_request_gets_400_before_the_stream(server, model_path, prompts, xargs):
+    """A streamed request is refused with a 400 too, not a 200 whose stream carries the error."""
+    body = {"model": str(model_path), "prompt": prompts[3], "max_tokens": MAX_TOKENS, "stream": True}
+    req = urllib.request.Request(
+        server[0] + "/v1/completions", json.dumps({**body, "vllm_xargs": xargs}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=120).read()
+    assert refused.value.code == 400
+    assert "kv_budget_max=256" in refused.value.read().decode()
+
+
 def test_restating_the_server_budget_per_request_is_accepted(server, model_path, prompts, offline):
     body = {"model": str(model_path), "prompt": prompts[5], "max_tokens": MAX_TOKENS, "temperature": 0}
     status, reply = _post(server[0], {**body, "ignore_eos": True, "vllm_xargs": {"kv_budget": BUDGET}})
