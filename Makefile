@@ -36,10 +36,10 @@ endif
 	touch $@
 
 assets: venv
-	$(PY) -m vllm_tova.assets
+	$(PY) -m vllm_tova.dev.assets
 
 demo: venv
-	VLLM_LOGGING_LEVEL=WARNING $(PY) -m vllm_tova.demo
+	VLLM_LOGGING_LEVEL=WARNING $(PY) -m vllm_tova.dev.demo
 
 bench: venv
 	$(PY) -m benchmarks.throughput

@@ -12,6 +12,6 @@ setup(
     entry_points={
         "vllm.general_plugins": ["tova = vllm_tova:register"],
         # Loaded by vLLM's API server (AsyncLLM) only: the /metrics series.
-        "vllm.stat_logger_plugins": ["tova = vllm_tova.prometheus:TovaStatLogger"],
+        "vllm.stat_logger_plugins": ["tova = vllm_tova.metrics.loggers:TovaStatLogger"],
     },
 )

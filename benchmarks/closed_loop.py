@@ -37,7 +37,7 @@ from vllm import LLM
 
 from benchmarks.engine_run import KV_USAGE, PREEMPTIONS, RUNNING, bench_params
 from benchmarks.engine_run import time_weighted_mean as _time_weighted_mean
-from vllm_tova.stats import blocks_in_use, read_metrics
+from vllm_tova.dev.runs import blocks_in_use, read_metrics
 
 WAITING = "vllm:num_requests_waiting"
 _ids = itertools.count()

@@ -19,7 +19,7 @@ from vllm import LLM, SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from benchmarks.ceiling import CostTally
-from vllm_tova.stats import blocks_in_use, read_metrics
+from vllm_tova.dev.runs import blocks_in_use, read_metrics
 
 RUNNING = "vllm:num_requests_running"
 KV_USAGE = "vllm:kv_cache_usage_perc"

@@ -40,7 +40,7 @@ from benchmarks.perplexity import RESULTS, add_window_arguments, load_windows
 from benchmarks.ppl_job import command, read_result, read_windows, result_name, write_windows
 from benchmarks.ppl_scoring import FULL, Scored, Window
 from benchmarks.report import device_slug
-from vllm_tova import assets
+from vllm_tova.dev import assets
 
 REPO = Path(__file__).resolve().parents[1]
 HALF_DTYPES = ("bfloat16", "float16")

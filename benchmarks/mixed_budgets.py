@@ -37,9 +37,9 @@ from vllm.sampling_params import RequestOutputKind
 from benchmarks.overload import _cpu_model
 from benchmarks.presets import resolve_model
 from benchmarks.workloads import random_prompts
-from vllm_tova import assets
+from vllm_tova.dev import assets
 from vllm_tova.config import additional_config
-from vllm_tova.stats import open_llm, read_metrics
+from vllm_tova.dev.runs import open_llm, read_metrics
 
 SYSTEMS = ("stock", "tova", "mixed")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from vllm import SamplingParams
 
-from vllm_tova import assets
+from vllm_tova.dev import assets
 from vllm_tova.config import additional_config
 from vllm_tova.kv_manager import blocks_per_sequence
-from vllm_tova.stats import kv_block_bytes, open_llm, run_batch
+from vllm_tova.dev.runs import kv_block_bytes, open_llm, run_batch
 
 BLOCK_SIZE = 32
 

@@ -29,7 +29,7 @@ import vllm
 
 from benchmarks.ppl_report import COLUMNS, Row, markdown_table, plot, write_csv
 from benchmarks.ppl_scoring import FULL, Scored, Window, make_windows, perplexity, score_reference, score_vllm
-from vllm_tova import assets
+from vllm_tova.dev import assets
 from vllm_tova.policy import POLICIES
 
 DEFAULT_BUDGETS = [64, 128, 256, 512, 1024, 2048]

@@ -18,7 +18,7 @@ from vllm import SamplingParams
 from vllm_tova.config import additional_config
 from vllm_tova.kv_manager import blocks_per_sequence
 from vllm_tova.reference import TovaReference
-from vllm_tova.stats import kv_block_bytes, open_llm
+from vllm_tova.dev.runs import kv_block_bytes, open_llm
 
 FULL = "full"
 BLOCK_SIZE = 32

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vllm_tova.assets import cache_dir
+from vllm_tova.dev.assets import cache_dir
 
 _LLAMA3_8B = {
     "architectures": ["LlamaForCausalLM"],
@@ -115,7 +115,7 @@ def with_tokenizer(name: str) -> Path:
     (token ids past the embedding table would crash the engine)."""
     import shutil
 
-    from vllm_tova.assets import smollm2_path
+    from vllm_tova.dev.assets import smollm2_path
 
     choice = resolve_model(name)
     source = smollm2_path()

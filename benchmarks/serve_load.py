@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import torch
     import vllm
 
-    from vllm_tova.stats import kv_block_bytes
+    from vllm_tova.dev.runs import kv_block_bytes
 
     model = resolve_model(args.model)
     device = device_slug(args.device_name or (torch.cuda.get_device_name(0) if args.gpu else "cpu"))

@@ -311,9 +311,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks.overload import _cpu_model
     from benchmarks.server import cli_flags
-    from vllm_tova import assets
+    from vllm_tova.dev import assets
     from vllm_tova.config import additional_config
-    from vllm_tova.stats import open_llm
+    from vllm_tova.dev.runs import open_llm
 
     model = str(assets.smollm2_path())
     ids = AutoTokenizer.from_pretrained(model)(assets.austen_text("emma")[:300_000]).input_ids

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     import vllm
 
     from vllm_tova.config import additional_config
-    from vllm_tova.stats import open_llm
+    from vllm_tova.dev.runs import open_llm
 
     if not torch.cuda.is_available():
         sys.exit("step_profile needs a CUDA GPU")

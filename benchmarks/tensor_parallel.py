@@ -93,7 +93,7 @@ def run_engine(args, model, tp: int, executor: str | None, tova: bool, prompts) 
 
     from vllm_tova.attention import eviction_log
     from vllm_tova.config import additional_config
-    from vllm_tova.stats import open_llm
+    from vllm_tova.dev.runs import open_llm
 
     kw = dict(
         dtype=args.dtype, enforce_eager=True, seed=0, max_model_len=2048, max_num_seqs=len(prompts),

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return render(args.render)
     import vllm
 
-    from vllm_tova.stats import kv_block_bytes, open_llm
+    from vllm_tova.dev.runs import kv_block_bytes, open_llm
 
     model = resolve_model(args.model)
     workloads = [scaled(WORKLOADS[n], args.scale) for n in args.workloads.split(",")]

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.tensor_parallel import environment
-from vllm_tova import assets
+from vllm_tova.dev import assets
 from vllm_tova.attention import eviction_log
 from vllm_tova.config import additional_config
-from vllm_tova.stats import kv_block_bytes, open_llm
+from vllm_tova.dev.runs import kv_block_bytes, open_llm
 
 # vLLM's CPU sampler is torch.compile'd; inductor's per-process probe compiling test programs
 # for each vector ISA costs ~15 s of every engine start. cpuinfo flags still pick the ISA.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from vllm import LLM, SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
-from vllm_tova.stats import read_metrics
+from vllm_tova.dev.runs import read_metrics
 
 
 def run_preempting_once(

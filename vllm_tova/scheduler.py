@@ -10,7 +10,7 @@ depends on its neighbours or on preemption.
 vLLM 0.26 already has the hook: ``_mamba_block_aligned_split`` clips a prefill chunk to an
 aligned end and skips the request for the step when nothing aligned fits.
 
-They also count what TOVA does with the cache (``vllm_tova.metrics``) and hand it out with
+They also count what TOVA does with the cache (``vllm_tova.metrics.stats``) and hand it out with
 vLLM's per-step ``SchedulerStats``.
 """
 
@@ -24,7 +24,7 @@ from vllm.v1.request import Request
 
 from vllm_tova.config import TovaConfig
 from vllm_tova.kv_manager import TovaAttentionSpec, TovaKVCacheManager, blocks_per_sequence, request_budget
-from vllm_tova.metrics import EvictionCounter, TovaSchedulerStats, TovaStats, blocks_by_class, count_blocks
+from vllm_tova.metrics.stats import EvictionCounter, TovaSchedulerStats, TovaStats, blocks_by_class, count_blocks
 
 
 def aligned_chunk(start: int, num_new_tokens: int, prompt_len: int, chunk: int) -> int:

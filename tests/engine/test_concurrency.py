@@ -10,7 +10,7 @@ from vllm import SamplingParams
 
 from tests.conftest import tova
 from vllm_tova.kv_manager import blocks_per_sequence
-from vllm_tova.stats import run_batch
+from vllm_tova.dev.runs import run_batch
 
 BLOCK_SIZE, BUDGET = 32, 128
 PROMPT_LEN, NUM_GENERATED = 960, 64  # 1,024-token sequences, long enough to all be admitted

@@ -8,7 +8,7 @@ from vllm import SamplingParams
 
 from tests.conftest import tova
 from tests.preemption import run_preempting_once
-from vllm_tova.stats import run_batch
+from vllm_tova.dev.runs import run_batch
 
 BUDGET, CHUNK = 128, 256  # the K=128 reference case reuses this engine
 LENGTHS = [40, 1500, 75, 300, 130, 700, 60, 900, 200, 45, 500, 129, 1000, 90, 400, 256]

@@ -25,7 +25,7 @@ from tests.preemption import run_preempting_once
 from vllm_tova.attention import eviction_log
 from vllm_tova.config import additional_config
 from vllm_tova.reference import TovaReference
-from vllm_tova.stats import open_llm
+from vllm_tova.dev.runs import open_llm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -332,7 +332,7 @@ def _peak_beside_pool(model_path: Path, prompts: list[list[int]], extra: dict) -
     the KV pool, the pool, and what the TOVA worker reserved for its workspace (MiB)."""
     from vllm_tova.attention.triton_backend import multiprocessor_count
     from vllm_tova.patches.worker_memory import reserved_bytes
-    from vllm_tova.stats import kv_block_bytes
+    from vllm_tova.dev.runs import kv_block_bytes
 
     config = dict(GPU_DEFAULTS, max_model_len=8192, max_num_seqs=256, max_num_batched_tokens=8192,
                   enforce_eager=True, **extra)  # fmt: skip

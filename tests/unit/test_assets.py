@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_tova import assets
+from vllm_tova.dev import assets
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vllm_tova.demo import cpu_info, native_dtype
+from vllm_tova.dev.demo import cpu_info, native_dtype
 
 EPYC = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\n"
 XEON = "model name\t: Intel Xeon\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -29,6 +29,6 @@ def test_importing_the_demo_leaves_vllm_logging_alone() -> None:
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
-    probe = "import os, vllm_tova.demo; print(os.environ.get('VLLM_LOGGING_LEVEL'))"
+    probe = "import os, vllm_tova.dev.demo; print(os.environ.get('VLLM_LOGGING_LEVEL'))"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "None"

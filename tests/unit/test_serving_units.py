@@ -14,7 +14,7 @@ from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
 
 import vllm_tova
 from vllm_tova.config import TovaConfig
-from vllm_tova.metrics import (
+from vllm_tova.metrics.stats import (
     EvictionCounter,
     blocks_by_class,
     TovaEngineCoreOutputs,
@@ -165,7 +165,7 @@ def test_stat_logger_turns_cumulative_stats_into_prometheus_series(model_path) -
     from vllm.engine.arg_utils import EngineArgs
 
     from tests.conftest import tova as tova_config
-    from vllm_tova.prometheus import TovaStatLogger
+    from vllm_tova.metrics.loggers import TovaStatLogger
 
     vllm_tova.register()
     config = EngineArgs(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vllm.v1.engine import core_client
 
-from vllm_tova.metrics import TovaEngineCoreOutputs
+from vllm_tova.metrics.stats import TovaEngineCoreOutputs
 from vllm_tova.patches.wrap import replace_class
 
 FIELDS = (

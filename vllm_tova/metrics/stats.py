@@ -8,7 +8,7 @@ count follows from those numbers exactly: a sequence that has absorbed ``c`` tok
 alike; a preempted sequence that is recomputed evicts again, as the backend really does).
 
 The numbers travel in vLLM's own per-step ``SchedulerStats`` (a subclass with one more
-field) to the API server, where ``vllm_tova.prometheus`` exports them on ``/metrics``.
+field) to the API server, where ``vllm_tova.metrics.loggers`` exports them on ``/metrics``.
 Counts are cumulative, so a stats object that is built but never sent loses nothing.
 """
 

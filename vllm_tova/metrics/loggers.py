@@ -2,7 +2,7 @@
 
 vLLM's API server builds one stat logger per engine from this entry point and hands it every
 ``SchedulerStats`` its EngineCore sends; with a policy configured those carry the TOVA numbers
-counted by the scheduler (``vllm_tova.metrics``). Metrics live in the default registry,
+counted by the scheduler (``vllm_tova.metrics.stats``). Metrics live in the default registry,
 which ``/metrics`` serves. Names start with ``vllm_tova:`` (vLLM unregisters ``vllm:``
 collectors when its own logger starts). Without a policy this logger registers nothing.
 """

@@ -1,6 +1,6 @@
 """Demo: stock vLLM against vLLM + TOVA on one KV pool: CPU engine, real model, real text.
 
-``python -m vllm_tova.demo`` (or ``make demo``) prepares SmolLM2-135M-Instruct and Jane
+``python -m vllm_tova.dev.demo`` (or ``make demo``) prepares SmolLM2-135M-Instruct and Jane
 Austen's *Emma* on first use, then runs the same requests twice through vLLM's offline
 engine, stock and with TOVA, on a KV pool that holds only two full stock sequences. TOVA
 caps each sequence at ``ceil(K / block_size)`` blocks, so the same pool runs many more
@@ -27,10 +27,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from vllm_tova import assets
+from vllm_tova.dev import assets
 
 BLOCK_SIZE = 32
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "demo"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "demo"
 #: CPU flags that decide the dtype and the speed of the kernels vLLM's CPU build uses.
 FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
@@ -39,7 +39,7 @@ FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 class Row:
     label: str
     cap_blocks: int | None
-    stats: Any  # vllm_tova.stats.RunStats
+    stats: Any  # vllm_tova.dev.runs.RunStats
     pool_blocks: int
 
     @property
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, dtype: str, log: Path) -> tuple[list[Row], lis
 
         from vllm_tova.config import additional_config
         from vllm_tova.kv_manager import blocks_per_sequence
-        from vllm_tova.stats import kv_block_bytes, open_llm, run_batch
+        from vllm_tova.dev.runs import kv_block_bytes, open_llm, run_batch
 
         model = str(assets.smollm2_path())
 
@@ -193,7 +193,7 @@ def write_record(
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in cpu.lower()).strip("-") or "cpu"
     path = out_dir / f"{slug}.md"
-    command = "python -m vllm_tova.demo " + shlex.join(sys.argv[1:])
+    command = "python -m vllm_tova.dev.demo " + shlex.join(sys.argv[1:])
     machine = (
         f"{cpu}, {os.cpu_count()} cores ({platform.machine()}); flags: "
         + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in FLAGS_THAT_MATTER)

