@@ -20,6 +20,11 @@ import torch
 
 #: Score of an entry a policy never evicts (sinks, H2O's recent window).
 PROTECTED = float("inf")
+#: Sink tokens StreamingLLM keeps (window+4).
+SINKS = 4
+#: Policies the CUDA kernels serve, in the order of their kernel switch codes
+#: (``triton_kernels.POLICY_CODES``); any other policy is refused on CUDA at start-up.
+CUDA_POLICIES = ("tova", "window", "sink", "h2o")
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ class SinkPolicy(EvictionPolicy):
 
     name: ClassVar[str] = "sink"
     needs_positions: ClassVar[bool] = True
-    sinks: int = 4
+    sinks: int = SINKS
 
     def score(self, attention, positions=None, accumulated=None) -> torch.Tensor:
         assert positions is not None, "sink needs positions"

@@ -47,6 +47,19 @@ from vllm_tova.attention.metadata import host_lengths
 from vllm_tova.attention.row_budgets import STEP
 from vllm_tova.attention.torch_backend import TovaTorchBackend, TovaTorchImpl
 from vllm_tova.config import TovaConfig
+from vllm_tova.policy import SINKS
+
+
+class TovaTritonBackend(TovaTorchBackend):
+    """Registered as CUSTOM on CUDA: the torch backend's layout with GPU kernels."""
+
+    @staticmethod
+    def get_impl_cls() -> type[TovaTritonImpl]:
+        return TovaTritonImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[TovaTritonMetadataBuilder]:
+        return TovaTritonMetadataBuilder
 
 
 @dataclass
@@ -150,7 +163,7 @@ class TovaTritonMetadataBuilder(AttentionMetadataBuilder[TovaTritonMetadata]):
     prompt chunks run attention eagerly between piecewise graph pieces."""
 
     _cudagraph_support = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
-    block_n = 64
+    block_n = triton_kernels.BLOCK_N
 
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
@@ -393,7 +406,7 @@ class TovaTritonImpl(TovaTorchImpl):
                 policy=self.policy.name,
                 positions=self.state.positions,
                 accumulated=self.state.accumulated,
-                sinks=getattr(self.policy, "sinks", 4),
+                sinks=getattr(self.policy, "sinks", SINKS),
                 kv_scales=scales,
             )
             eviction_log.record(evicted)
@@ -547,15 +560,3 @@ class TovaTritonImpl(TovaTorchImpl):
             out[q_start : q_start + new] = attended[0].transpose(0, 1)
             q_start, k_start = q_start + new, k_start + old + new
         return out
-
-
-class TovaTritonBackend(TovaTorchBackend):
-    """Registered as CUSTOM on CUDA: the torch backend's layout with GPU kernels."""
-
-    @staticmethod
-    def get_impl_cls() -> type[TovaTritonImpl]:
-        return TovaTritonImpl
-
-    @staticmethod
-    def get_builder_cls() -> type[TovaTritonMetadataBuilder]:
-        return TovaTritonMetadataBuilder

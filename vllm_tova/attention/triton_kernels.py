@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from vllm_tova.attention import fp8
+from vllm_tova.policy import CUDA_POLICIES, SINKS
 
 LOG2E = 1.4426950408889634
 
@@ -52,7 +53,9 @@ TOVA: tl.constexpr = tl.constexpr(0)
 WINDOW: tl.constexpr = tl.constexpr(1)
 SINK: tl.constexpr = tl.constexpr(2)
 H2O: tl.constexpr = tl.constexpr(3)
-POLICY_CODES = {"tova": 0, "window": 1, "sink": 2, "h2o": 3}
+POLICY_CODES = {name: code for code, name in enumerate(CUDA_POLICIES)}  # TOVA, WINDOW, SINK, H2O
+#: Keys per tile of the decode kernels (the split size is a multiple of it).
+BLOCK_N = 64
 #: Policies whose decode score reads this step's attention (under TP: summed over ranks).
 ATTENTION_POLICIES = ("tova", "h2o")
 FP8_MAX: tl.constexpr = tl.constexpr(448.0)
@@ -674,12 +677,12 @@ def tova_decode(
     num_splits: int,
     longest: int,
     workspace: DecodeWorkspace,
-    block_n: int = 64,
+    block_n: int = BLOCK_N,
     combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
     policy: str = "tova",
     positions: torch.Tensor | None = None,
     accumulated: torch.Tensor | None = None,
-    sinks: int = 4,
+    sinks: int = SINKS,
     kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attend, score, evict and write for ``len(rows)`` decode rows; returns the evicted

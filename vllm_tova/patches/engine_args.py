@@ -15,6 +15,7 @@ from vllm_tova.attention import fp8
 from vllm_tova.config import BUDGET_KEY, CHUNK_KEY, POLICY_KEY, TovaConfig, flag, label
 from vllm_tova.kv_manager import blocks_per_sequence
 from vllm_tova.patches.wrap import wrap
+from vllm_tova.policy import CUDA_POLICIES
 
 CUSTOM = AttentionBackendEnum.CUSTOM
 
@@ -65,9 +66,6 @@ def _prepare_args(args: EngineArgs, settings: TovaConfig) -> None:
     args.attention_backend = "CUSTOM"
 
 
-#: Policies the CUDA backend serves (attention/triton_kernels.py ``POLICY_CODES``); any
-#: other policy is refused on CUDA.
-GPU_POLICIES = ("tova", "window", "sink", "h2o")
 
 
 def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
@@ -98,8 +96,8 @@ def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
     if current_platform.is_cuda():
         if fp8.is_fp8(cache_dtype) and not current_platform.has_device_capability(89):
             refusals["an FP8 KV cache below compute capability 8.9 (--kv-cache-dtype auto)"] = True
-        if settings.policy not in GPU_POLICIES:
-            refusals[f"CUDA GPUs yet (their kernels serve {', '.join(GPU_POLICIES)})"] = True
+        if settings.policy not in CUDA_POLICIES:
+            refusals[f"CUDA GPUs yet (their kernels serve {', '.join(CUDA_POLICIES)})"] = True
         head_size = model.get_head_size()
         if head_size & (head_size - 1):
             refusals[f"head size {head_size} on CUDA GPUs (the kernels need a power of two)"] = True
