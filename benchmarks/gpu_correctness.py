@@ -13,7 +13,6 @@ and the agreement lines the tests print (prefixed ``[gpu]``). A run stopped by S
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import signal
 import subprocess
@@ -25,7 +24,7 @@ import torch
 import transformers
 import vllm
 
-from benchmarks.report import append_section, device_slug
+from benchmarks.report import append_section, device_slug, tree_commit
 from benchmarks.signals import sigterm_as_exit
 
 TESTS = ["tests/kernels/test_triton_kernels.py", "tests/gpu/test_gpu.py"]
@@ -54,19 +53,6 @@ def outcomes_by_test(lines: Sequence[str]) -> list[tuple[str, str]]:
         if alone and current is not None and outcomes[current] == "not finished":
             outcomes[current] = alone.group(1)
     return list(outcomes.items())
-
-
-def _commit() -> str:
-    """The tree the tests ran from: HEAD, and whether it had uncommitted changes, or
-    ``VLLM_TOVA_COMMIT`` where the checkout was copied without its current ``.git``."""
-    if os.environ.get("VLLM_TOVA_COMMIT"):
-        return os.environ["VLLM_TOVA_COMMIT"] + " (from VLLM_TOVA_COMMIT)"
-    repo = Path(__file__).resolve().parents[1]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
-    if head.returncode != 0:
-        return "unknown (not a git checkout)"
-    return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
 
 
 def run_and_record(pytest_args: Sequence[str], tests: Sequence[str] = TESTS, results: Path = RESULTS) -> int:
@@ -99,7 +85,7 @@ def run_and_record(pytest_args: Sequence[str], tests: Sequence[str] = TESTS, res
             "",
             f"- command: `python -m benchmarks.gpu_correctness {' '.join(pytest_args)}`",
             f"- runs: `{' '.join(command[2:])}`",
-            f"- commit: {_commit()}",
+            f"- commit: {tree_commit()}",
             f"- vLLM {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}",
             f"- outcome: {outcome}",
             "",

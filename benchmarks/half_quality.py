@@ -28,7 +28,6 @@ import datetime
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from benchmarks.job_pool import Job, Outcome, run_jobs
 from benchmarks.perplexity import RESULTS, add_window_arguments, load_windows
 from benchmarks.ppl_job import command, read_result, read_windows, result_name, write_windows
 from benchmarks.ppl_scoring import FULL, Scored, Window
-from benchmarks.report import device_slug
+from benchmarks.report import device_slug, tree_commit
 from vllm_tova.dev import assets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +123,7 @@ def run_all(args: argparse.Namespace, model: str, work: Path, configs: list[Conf
 
         device = torch.cuda.get_device_name() if on_gpu else "cpu"
         meta.write_text(json.dumps({"device": device, "vllm": vllm.__version__, "torch": torch.__version__,
-                                    "date": str(datetime.date.today()), "commit": _commit()}))  # fmt: skip
+                                    "date": str(datetime.date.today()), "commit": tree_commit()}))  # fmt: skip
     todo = [c for c in configs if not (work / result_name(c)).exists()]
     jobs_at_once = args.jobs or (len(os.sched_getaffinity(0)) if on_gpu else 1)
     memory = SHARED_GPU_MEMORY_UTILIZATION if on_gpu else None
@@ -150,14 +149,6 @@ def run_all(args: argparse.Namespace, model: str, work: Path, configs: list[Conf
 
     run_jobs(jobs, jobs_at_once, deadline, job_environment(on_gpu), report, stagger=0.5 if on_gpu else 0.0)
     print(f"all runs: {time.monotonic() - start:.0f} s", flush=True)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def load_runs(work: Path, windows: list[Window]) -> tuple[dict[Config, list[Scored]], dict[Config, float]]:

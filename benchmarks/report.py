@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +39,19 @@ def device_slug(name: str) -> str:
     """The device as it appears in result file names and CSV rows, the same for every
     benchmark: 'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3', 'cpu' -> 'cpu'."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower().removeprefix("nvidia ")).strip("-")
+
+
+def tree_commit() -> str:
+    """The tree a record was made from: HEAD, and whether it had uncommitted changes, or
+    ``VLLM_TOVA_COMMIT`` where the checkout was copied without its current ``.git``."""
+    if os.environ.get("VLLM_TOVA_COMMIT"):
+        return os.environ["VLLM_TOVA_COMMIT"] + " (from VLLM_TOVA_COMMIT)"
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
 
 
 def _num(value) -> float:
