@@ -216,7 +216,7 @@ FP8_MUTANTS = [
     Mutant(
         "FP8 chunk: retained entries gathered as raw bytes",
         _CUDA_BACKEND,
-        "packed_k[c.old_dst] = fp8.dequantize(flat_k[c.old_slots], scales[0], key.dtype)",
+        "packed_k[c.old_dst] = fp8.read(flat_k, c.old_slots, k_scale, key.dtype)",
         "packed_k[c.old_dst] = flat_k[c.old_slots].to(key.dtype)",
         FP8_TESTS, INTERPRETED,
     ),

@@ -38,7 +38,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         description="KV-cache eviction by vllm-tova: every sequence keeps at most --kv-budget "
         "cached tokens per layer, so each holds a capped number of KV blocks and more "
         "sequences run at once. Same as the additional_config keys kv_policy, kv_budget, "
-        "kv_prefill_chunk.",
+        "kv_budget_max, kv_prefill_chunk.",
     )
     group.add_argument(
         flag(POLICY_KEY),

@@ -86,29 +86,30 @@ class TovaKVCacheManager(FullAttentionManager):
     def _request(self, request_id: str) -> Request | None:
         return self.requests.get(request_id) if self.requests is not None and self.settings else None
 
-    def budget_of(self, request_id: str) -> int:
-        """The request's K; the spec's (the largest allowed) before requests are attached."""
+    def _cap_tokens(self, request: Request | None) -> int | None:
+        """Most tokens ``request`` may hold: whole blocks of its K (of the spec's, the largest
+        allowed, before requests are attached); None without eviction (stock growth)."""
         assert isinstance(self.kv_cache_spec, TovaAttentionSpec)
-        request = self._request(request_id)
         if request is None:
-            return self.kv_cache_spec.kv_budget
-        return request_budget(request, self.settings, self.max_model_len)
-
-    def _exact(self, request_id: str) -> bool:
-        request = self._request(request_id)
-        return request is not None and asks_exact(_extra_args(request))
+            budget = self.kv_cache_spec.kv_budget
+        elif asks_exact(_extra_args(request)):
+            return None
+        else:
+            budget = request_budget(request, self.settings, self.max_model_len)
+        return blocks_per_sequence(budget, self.block_size) * self.block_size
 
     def _clamp(self, request_id: str, num_tokens: int) -> int:
-        if self._exact(request_id):
-            return num_tokens
-        cap = blocks_per_sequence(self.budget_of(request_id), self.block_size)
-        return min(num_tokens, cap * self.block_size)
+        cap = self._cap_tokens(self._request(request_id))
+        return num_tokens if cap is None else min(num_tokens, cap)
 
     def _reserve(self, request_id: str, num_tokens: int) -> int:
         request = self._request(request_id)
-        if request is not None and not self._exact(request_id):
+        cap = self._cap_tokens(request)
+        if cap is None:
+            return num_tokens
+        if request is not None:
             num_tokens = max(num_tokens, final_length(request, self.max_model_len))
-        return self._clamp(request_id, num_tokens)
+        return min(num_tokens, cap)
 
     def get_num_blocks_to_allocate(self, request_id, num_tokens, *args, **kwargs) -> int:
         reserved = self._reserve(request_id, num_tokens)

@@ -56,3 +56,13 @@ def as_stored(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``values`` as the cache would give them back."""
     return dequantize(quantize(values, scale), scale, values.dtype)
 
+
+def read(cache: torch.Tensor, slots: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Entries at ``slots`` as attended: dequantized where ``scale`` marks an FP8 cache."""
+    return cache[slots] if scale is None else dequantize(cache[slots], scale, dtype)
+
+
+def write(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor, scale: torch.Tensor | None) -> None:
+    """Store ``values`` at ``slots``: quantized where ``scale`` marks an FP8 cache."""
+    cache[slots] = values if scale is None else quantize(values, scale)
+

@@ -1,9 +1,10 @@
 """Per-step metadata shared by every TOVA layer: slot arithmetic computed once per step.
 
 Invariant kept by the backends: after each step, a sequence's retained tokens occupy its
-logical slots ``[0, min(tokens_seen, K))``, K being the row's own budget (``row_budgets``) (logical slot j lives at physical slot
-``block_table[j // block_size] * block_size + j % block_size``). So everything here follows
-from ``seq_lens`` and the query lengths; no per-request state, no request ids.
+logical slots ``[0, min(tokens_seen, K))``, K being the row's own budget (``row_budgets``);
+logical slot j lives at physical slot ``block_table[j // block_size] * block_size + j %
+block_size``. So everything here follows from ``seq_lens``, the query lengths and each row's
+K; no other per-request state, no request ids.
 Never written through vLLM's ``slot_mapping``: past the cap it points outside the
 sequence's blocks.
 """

@@ -113,7 +113,6 @@ class TovaTorchImpl(AttentionImpl):
         vllm_config = get_current_vllm_config()
         settings = TovaConfig.from_additional_config(vllm_config.additional_config)
         self.head_average = HeadAverage(vllm_config.parallel_config.tensor_parallel_size)
-        self.budget = settings.budget  # the default; each row's own is in the metadata
         self.policy: EvictionPolicy = get_policy(settings.policy, settings.budget)
         self.state = SlotState(self.policy)
 
@@ -172,8 +171,8 @@ class TovaTorchImpl(AttentionImpl):
         """``scales``: (k_scale, v_scale) of an FP8 cache, else None."""
         k_scale, v_scale = scales or (None, None)
         new_k, new_v = key[rows.tokens], value[rows.tokens]
-        k = torch.cat([_read(key_cache, rows.slots, k_scale, key.dtype), new_k[:, None]], dim=1)
-        v = torch.cat([_read(value_cache, rows.slots, v_scale, value.dtype), new_v[:, None]], dim=1)
+        k = torch.cat([fp8.read(key_cache, rows.slots, k_scale, key.dtype), new_k[:, None]], dim=1)
+        v = torch.cat([fp8.read(value_cache, rows.slots, v_scale, value.dtype), new_v[:, None]], dim=1)
         out, weights = self._attend(query[rows.tokens][:, None], k, v, rows.valid[:, None])
         output[rows.tokens] = out[:, 0]
 
@@ -201,8 +200,8 @@ class TovaTorchImpl(AttentionImpl):
             freed = torch.gather(rows.slots, 1, evicted.clamp(max=num_cached - 1)[:, None])[:, 0]
             target = torch.where(rows.full, freed, target)
             write = ~rows.full | (evicted != num_cached)
-        _write(key_cache, target[write], new_k[write], k_scale)
-        _write(value_cache, target[write], new_v[write], v_scale)
+        fp8.write(key_cache, target[write], new_k[write], k_scale)
+        fp8.write(value_cache, target[write], new_v[write], v_scale)
         self.state.write(
             target[write],
             rows.position[write],
@@ -215,8 +214,8 @@ class TovaTorchImpl(AttentionImpl):
         k_scale, v_scale = scales or (None, None)
         tokens = slice(row.first_token, row.first_token + row.num_tokens)
         old = row.slots[: row.retained]
-        k = torch.cat([_read(key_cache, old, k_scale, key.dtype), key[tokens]])
-        v = torch.cat([_read(value_cache, old, v_scale, value.dtype), value[tokens]])
+        k = torch.cat([fp8.read(key_cache, old, k_scale, key.dtype), key[tokens]])
+        v = torch.cat([fp8.read(value_cache, old, v_scale, value.dtype), value[tokens]])
         # Retained entries are visible to every query of the chunk; the chunk is causal.
         n = row.retained + row.num_tokens
         mask = torch.ones(row.num_tokens, n, dtype=torch.bool, device=k.device)
@@ -256,8 +255,8 @@ class TovaTorchImpl(AttentionImpl):
             ]
         )
         target = row.slots[free]
-        _write(key_cache, target, k[new_kept], k_scale)
-        _write(value_cache, target, v[new_kept], v_scale)
+        fp8.write(key_cache, target, k[new_kept], k_scale)
+        fp8.write(value_cache, target, v[new_kept], v_scale)
         if accumulated is not None:
             self.state.write(old[kept_old], None, accumulated[: row.retained][kept_old])
         self.state.write(
@@ -266,11 +265,3 @@ class TovaTorchImpl(AttentionImpl):
             None if accumulated is None else accumulated[new_kept],
         )
 
-
-def _read(cache: torch.Tensor, slots: torch.Tensor, scale: torch.Tensor | None, dtype) -> torch.Tensor:
-    """Entries at ``slots`` as attended (dequantized where ``scale`` marks an FP8 cache)."""
-    return cache[slots] if scale is None else fp8.dequantize(cache[slots], scale, dtype)
-
-
-def _write(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor, scale: torch.Tensor | None) -> None:
-    cache[slots] = values if scale is None else fp8.quantize(values, scale)

@@ -422,16 +422,15 @@ class TovaTritonImpl(TovaTorchImpl):
         shape = (c.packed, self.num_kv_heads, self.head_size)
         packed_k = torch.empty(shape, dtype=key.dtype, device=key.device)
         packed_v = torch.empty(shape, dtype=value.dtype, device=value.device)
+        k_scale, v_scale = scales or (None, None)
+        packed_k[c.old_dst] = fp8.read(flat_k, c.old_slots, k_scale, key.dtype)
+        packed_v[c.old_dst] = fp8.read(flat_v, c.old_slots, v_scale, value.dtype)
         chunk_k, chunk_v = key[c.query_tokens], value[c.query_tokens]
         if scales is None:
-            packed_k[c.old_dst] = flat_k[c.old_slots]
-            packed_v[c.old_dst] = flat_v[c.old_slots]
             packed_k[c.chunk_dst] = chunk_k
             packed_v[c.chunk_dst] = chunk_v
             source_k, source_v = packed_k, packed_v
         else:
-            packed_k[c.old_dst] = fp8.dequantize(flat_k[c.old_slots], scales[0], key.dtype)
-            packed_v[c.old_dst] = fp8.dequantize(flat_v[c.old_slots], scales[1], value.dtype)
             # Compaction copies kept chunk tokens only: their e4m3 bytes (uint8, as the cache),
             # at their packed index.
             source_k = torch.empty(shape, dtype=torch.uint8, device=key.device)

@@ -66,8 +66,6 @@ def _prepare_args(args: EngineArgs, settings: TovaConfig) -> None:
     args.attention_backend = "CUSTOM"
 
 
-
-
 def _check_config(config: VllmConfig, settings: TovaConfig) -> None:
     """Refuse what the TOVA backend cannot honour, naming the setting."""
     model = config.model_config
