@@ -14,8 +14,14 @@ and still reports what finished, and a rerun with the same ``--work-dir`` resume
 Bounds (``benchmarks/half_stats.py``): perplexity within 1% of float32's on every row; mean
 |Δ logprob| ≤ 0.05 nats per token for TOVA; float32 engine within 0.5% of the reference.
 
+``--fp8`` adds bf16 engines with vLLM's FP8 cache (``--kv-cache-dtype fp8``, default scales)
+for every policy, K and the full cache (stock FP8), each against the same bf16 engine with
+the default cache: TOVA's perplexity gap may exceed stock's FP8 gap by at most 2% (GPU only
+where the CPU lacks AVX-512: vLLM's CPU attention refuses an FP8 cache there).
+
     python -m benchmarks.half_quality --work-dir runs      # GPU: 6 novels x 2,048 tokens, K 128 and 512
     python -m benchmarks.half_quality --quick              # CPU smoke: 256 tokens, K=64, fp32 vs bf16
+    python -m benchmarks.half_quality --work-dir runs --fp8  # GPU: also the FP8 cache against bf16
 
 Writes ``half-precision-<model>-<device>.csv`` and ``.md`` to ``--out-dir``; exits 1 if a
 row fails its bound, the reference disagrees, or a configuration did not finish.
@@ -33,7 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks import half_report
-from benchmarks.half_stats import BASELINE_DTYPE, Config, compare, reference_checks
+from benchmarks.half_stats import BASELINE_DTYPE, Config, compare, compare_fp8, reference_checks
 from benchmarks.job_pool import Job, Outcome, run_jobs
 from benchmarks.perplexity import RESULTS, add_window_arguments, load_windows
 from benchmarks.ppl_job import command, read_result, read_windows, result_name, write_windows
@@ -43,6 +49,8 @@ from vllm_tova.dev import assets
 
 REPO = Path(__file__).resolve().parents[1]
 HALF_DTYPES = ("bfloat16", "float16")
+#: The engine dtype of the FP8-cache runs: what people serve in.
+FP8_DTYPE = "bfloat16"
 #: Free GPU memory each engine demands at start; its KV pool is sized in bytes regardless.
 SHARED_GPU_MEMORY_UTILIZATION = 0.03
 
@@ -51,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_window_arguments(p, 2048, [128, 512], ["tova", FULL, "h2o", "sink", "window"])
     p.add_argument("--dtypes", nargs="+", default=list(HALF_DTYPES), choices=HALF_DTYPES)
+    p.add_argument("--fp8", action="store_true", help=f"also {FP8_DTYPE} engines with an FP8 KV cache, against bf16's")
     p.add_argument("--reference-windows", type=int, default=1, help="windows the HF reference re-scores (0: none)")
     p.add_argument(
         "--reference-tokens",
@@ -85,6 +94,11 @@ def plan(args: argparse.Namespace) -> list[Config]:
     for policy in (p for p in ordered if p in args.policies):
         for budget in [None] if policy == FULL else budgets:
             runs += [Config(dtype, policy, budget) for dtype in dtypes]
+            if args.fp8:
+                base = Config(FP8_DTYPE, policy, budget)
+                if base not in runs:
+                    runs.append(base)
+                runs.append(base._replace(kv_cache_dtype="fp8"))
     return runs
 
 
@@ -177,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         run_all(args, model, work, configs)
     runs, seconds = load_runs(work, windows)
     rows, unpaired = compare(runs)
+    fp8_rows, fp8_unpaired = compare_fp8(runs)
+    unpaired += fp8_unpaired
     checks = reference_checks(runs)
     meta = json.loads((work / "run.json").read_text())
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"half-precision-{name}-{device_slug(meta['device'])}"
-    half_report.write_rows(rows, checks, name, meta["device"], stem.with_suffix(".csv"))
+    half_report.write_rows(rows, checks, fp8_rows, name, meta["device"], stem.with_suffix(".csv"))
     setup = (
         f"{len(windows)} x {args.seq_len} tokens ({', '.join(args.texts)}; {args.windows} per text), "
         f"{sum(len(w.ids) - 1 for w in windows):,} predicted tokens per configuration"
@@ -190,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = [result_name(c)[:-5] for c in configs if c not in runs]
     unpaired_names = [result_name(c)[:-5] for c in unpaired]
     timings = {result_name(c)[:-5]: seconds[c] for c in configs if c in seconds}
-    page, passed = half_report.page(name, meta, command, setup, rows, checks, missing + unpaired_names, timings)
+    page, passed = half_report.page(
+        name, meta, command, setup, rows, checks, missing + unpaired_names, timings, fp8_rows
+    )
     page += "\n" + half_report.perplexity_grids(runs, name, args.seq_len)
     stem.with_suffix(".md").write_text(page)
     print(page)

@@ -26,16 +26,26 @@ MEAN_DELTA_BOUND = 0.05
 DELTA_JUDGED = ("tova",)
 #: The float32 engine against the HF reference: benchmarks/perplexity.py's relative bound.
 REFERENCE_BOUND = AGREEMENT
+#: An FP8 cache against a bf16 cache (same engine dtype, policy and K): TOVA's perplexity
+#: gap may exceed stock's own FP8 gap (the full cache's, in absolute value) by at most this,
+#: relative. e4m3 noise per entry is the same for both (same format, same scales); TOVA adds
+#: eviction choices that the noise flips where scores nearly tie, which changes the retained
+#: set but should not bias the loss. 0.02 is the engine test's NLL slack
+#: (tests/gpu/test_gpu.py: FP8_NLL_SLACK, 0.02 nats ~ 2% perplexity), fixed before any run.
+FP8_PPL_SLACK = 0.02
+FP8_JUDGED = ("tova",)
+FP8_CACHE_BASE = "auto"
 
 
 class Config(NamedTuple):
     """One run's settings: budget None is the full cache; engine "vllm" or "reference" (the
-    HF oracle, vllm_tova/reference.py)."""
+    HF oracle, vllm_tova/reference.py); ``kv_cache_dtype`` as vLLM's ``--kv-cache-dtype``."""
 
     dtype: str
     policy: str
     budget: int | None
     engine: str = "vllm"
+    kv_cache_dtype: str = "auto"
 
 
 def abs_deltas(ours: Sequence[Scored], theirs: Sequence[Scored]) -> np.ndarray:
@@ -72,6 +82,7 @@ class Agreement:
     mean_delta: float
     p99_delta: float
     max_delta: float
+    kv_cache_dtype: str = "auto"
 
     @property
     def ppl_gap(self) -> float:
@@ -114,6 +125,7 @@ def agreement(config: Config, ours: Sequence[Scored], base: Sequence[Scored], ag
         mean_delta=float(deltas.mean()),
         p99_delta=p99(deltas),
         max_delta=float(deltas.max()),
+        kv_cache_dtype=config.kv_cache_dtype,
     )
 
 
@@ -121,7 +133,7 @@ def compare(runs: Mapping[Config, Sequence[Scored]]) -> tuple[list[Agreement], l
     """Every half-precision run against its float32 twin; also the runs that lack one."""
     rows, unpaired = [], []
     for config, scored in runs.items():
-        if config.dtype == BASELINE_DTYPE or config.engine != "vllm":
+        if config.dtype == BASELINE_DTYPE or config.engine != "vllm" or config.kv_cache_dtype != FP8_CACHE_BASE:
             continue
         twin = config._replace(dtype=BASELINE_DTYPE)
         if twin in runs:
@@ -151,3 +163,42 @@ def reference_checks(runs: Mapping[Config, Sequence[Scored]]) -> list[Agreement]
 
 def reference_agrees(row: Agreement) -> bool:
     return abs(row.ppl_gap) <= REFERENCE_BOUND
+
+
+@dataclass(frozen=True)
+class Fp8Verdict:
+    """One FP8-cache run against its bf16-cache twin, beside stock's (the full cache's) own
+    FP8 gap on the same windows."""
+
+    row: Agreement
+    stock: Agreement | None
+
+    @property
+    def bound(self) -> float | None:
+        """The largest perplexity gap allowed; None where not judged (the full cache itself,
+        the baselines) or where stock's FP8 run is missing."""
+        if self.row.policy not in FP8_JUDGED or self.stock is None:
+            return None
+        return abs(self.stock.ppl_gap) + FP8_PPL_SLACK
+
+    @property
+    def passed(self) -> bool | None:
+        """None where not judged; a judged policy without stock's FP8 run is judged later, as
+        a missing configuration."""
+        return None if self.bound is None else self.row.ppl_gap <= self.bound
+
+
+def compare_fp8(runs: Mapping[Config, Sequence[Scored]]) -> tuple[list[Fp8Verdict], list[Config]]:
+    """Every FP8-cache run against the same engine with the default cache, and the runs that
+    lack that twin."""
+    rows, unpaired = [], []
+    for config, scored in runs.items():
+        if config.engine != "vllm" or config.kv_cache_dtype == FP8_CACHE_BASE:
+            continue
+        twin = config._replace(kv_cache_dtype=FP8_CACHE_BASE)
+        if twin in runs:
+            rows.append(agreement(config, scored, runs[twin], f"vllm {config.dtype}, {FP8_CACHE_BASE} cache"))
+        else:
+            unpaired.append(config)
+    stock = {(r.dtype, r.kv_cache_dtype): r for r in rows if r.budget is None}
+    return [Fp8Verdict(r, stock.get((r.dtype, r.kv_cache_dtype))) for r in rows], unpaired

@@ -1,4 +1,5 @@
-"""Score one (dtype, policy, K) in a process of its own and write each token's log-probability.
+"""Score one (dtype, policy, K, cache dtype) in a process of its own and write each token's
+log-probability.
 
 An engine's settings (dtype, policy, budget) hold for its whole life, so a grid of
 configurations is a grid of engines. On a GPU they are small (SmolLM2-135M) and mostly wait on
@@ -33,7 +34,8 @@ def read_windows(path: Path) -> list[Window]:
 
 def result_name(config: Config) -> str:
     budget = "full" if config.budget is None else f"k{config.budget}"
-    return f"{config.engine}-{config.dtype}-{config.policy}-{budget}.json"
+    cache = "" if config.kv_cache_dtype == "auto" else f"-{config.kv_cache_dtype}"
+    return f"{config.engine}-{config.dtype}{cache}-{config.policy}-{budget}.json"
 
 
 def write_result(config: Config, scored: list[Scored], seconds: float, path: Path) -> None:
@@ -61,6 +63,8 @@ def command(model: str, config: Config, windows: Path, out: Path, gpu_memory_uti
     argv = [sys.executable, "-m", "benchmarks.ppl_job", "--model", model, "--dtype", config.dtype]
     argv += ["--engine", config.engine]
     argv += ["--policy", config.policy, "--windows", str(windows), "--out", str(out)]
+    if config.kv_cache_dtype != "auto":
+        argv += ["--kv-cache-dtype", config.kv_cache_dtype]
     if config.budget is not None:
         argv += ["--budget", str(config.budget)]
     if gpu_memory_utilization is not None:
@@ -78,17 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--gpu-memory-utilization", type=float, default=None)
     p.add_argument("--engine", choices=["vllm", "reference"], default="vllm")
+    p.add_argument("--kv-cache-dtype", default="auto", help="vLLM's --kv-cache-dtype (vllm engine only)")
     args = p.parse_args(argv)
     if (args.policy == FULL) != (args.budget is None):
         p.error("--budget is required with a policy and refused with the full cache")
+    if args.engine == "reference" and args.kv_cache_dtype != "auto":
+        p.error("--kv-cache-dtype: the reference keeps its cache in --dtype; use it with --engine vllm")
     os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")  # skips a ~15 s ISA probe per start
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its JIT costs ~2 min per start
-    config = Config(args.dtype, args.policy, args.budget, args.engine)
+    config = Config(args.dtype, args.policy, args.budget, args.engine, args.kv_cache_dtype)
     windows = read_windows(args.windows)
     if config.engine == "vllm":
         scored, seconds = score_vllm(
-            args.model, config.policy, config.budget, windows, args.gpu_memory_utilization, config.dtype
-        )
+            args.model, config.policy, config.budget, windows, args.gpu_memory_utilization, config.dtype,
+            config.kv_cache_dtype,
+        )  # fmt: skip
     else:
         scored, seconds = score_with_reference(args.model, config, windows)
     write_result(config, scored, seconds, args.out)

@@ -68,14 +68,15 @@ def vllm_engine_kwargs(
     num_windows: int,
     gpu_memory_utilization: float | None = None,
     dtype: str = "float32",
+    kv_cache_dtype: str = "auto",
 ) -> dict:
-    """Engine settings: ``dtype`` (fp32 unless asked), all windows in one batch, a KV pool
-    sized for them.
+    """Engine settings: ``dtype`` (fp32 unless asked), ``kv_cache_dtype`` (vLLM's), all
+    windows in one batch, a KV pool sized for them.
 
     The pool is sized in bytes, so ``gpu_memory_utilization`` only sets how much free GPU
     memory vLLM demands at start; lowering it lets several configurations share one GPU.
     """
-    per_block = kv_block_bytes(model, dtype, BLOCK_SIZE)
+    per_block = kv_block_bytes(model, dtype if kv_cache_dtype == "auto" else kv_cache_dtype, BLOCK_SIZE)
     if policy == FULL:
         blocks, extra = -(-(seq_len + 1) // BLOCK_SIZE), {}
         batched = 1024  # prompt-logprob logits of a chunk: tokens x vocab floats
@@ -94,6 +95,7 @@ def vllm_engine_kwargs(
         max_num_batched_tokens=batched,
         max_num_seqs=max(num_windows, 1),
         **extra,
+        **({} if kv_cache_dtype == "auto" else {"kv_cache_dtype": kv_cache_dtype}),
         **({} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}),
     )
 
@@ -105,10 +107,13 @@ def score_vllm(
     windows: list[Window],
     gpu_memory_utilization: float | None = None,
     dtype: str = "float32",
+    kv_cache_dtype: str = "auto",
 ) -> tuple[list[Scored], float]:
     """All windows of one (policy, budget) in one engine run; returns scores and seconds."""
     seq_len = max(len(w.ids) for w in windows)
-    kwargs = vllm_engine_kwargs(model, policy, budget, seq_len, len(windows), gpu_memory_utilization, dtype)
+    kwargs = vllm_engine_kwargs(
+        model, policy, budget, seq_len, len(windows), gpu_memory_utilization, dtype, kv_cache_dtype
+    )
     params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
     with open_llm(model, **kwargs) as llm:
         start = time.perf_counter()

@@ -168,6 +168,34 @@ HALF_STATS_MUTANTS = [
         "return self.ppl_gap <= PPL_BOUND",
         HALF_STATS,
     ),
+    Mutant(
+        "FP8 quality: the FP8 cache compared against float32 instead of its default-cache twin",
+        "benchmarks/half_stats.py",
+        "twin = config._replace(kv_cache_dtype=FP8_CACHE_BASE)",
+        "twin = config._replace(kv_cache_dtype=FP8_CACHE_BASE, dtype=BASELINE_DTYPE)",
+        HALF_STATS,
+    ),
+    Mutant(
+        "FP8 quality: stock's FP8 gap left out of TOVA's bound",
+        "benchmarks/half_stats.py",
+        "return abs(self.stock.ppl_gap) + FP8_PPL_SLACK",
+        "return FP8_PPL_SLACK",
+        HALF_STATS,
+    ),
+    Mutant(
+        "FP8 quality: a failed FP8 row does not fail the page",
+        "benchmarks/half_report.py",
+        "    passed = passed and all(v.passed is not False for v in fp8_rows)\n",
+        "",
+        HALF_STATS,
+    ),
+    Mutant(
+        "FP8 quality: the job leaves the engine's cache at its default",
+        "benchmarks/ppl_job.py",
+        '        argv += ["--kv-cache-dtype", config.kv_cache_dtype]\n',
+        "        pass\n",
+        HALF_STATS,
+    ),
 ]
 
 
