@@ -9,7 +9,7 @@ nats per token for TOVA (the baselines' and the full cache's |Δ| are reported b
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -129,18 +129,33 @@ def agreement(config: Config, ours: Sequence[Scored], base: Sequence[Scored], ag
     )
 
 
-def compare(runs: Mapping[Config, Sequence[Scored]]) -> tuple[list[Agreement], list[Config]]:
-    """Every half-precision run against its float32 twin; also the runs that lack one."""
+def _paired(
+    runs: Mapping[Config, Sequence[Scored]],
+    selected: Callable[[Config], bool],
+    twin_of: Callable[[Config], Config],
+    against: str,
+) -> tuple[list[Agreement], list[Config]]:
+    """Each selected vLLM run against its twin; also the selected runs that lack one."""
     rows, unpaired = [], []
     for config, scored in runs.items():
-        if config.dtype == BASELINE_DTYPE or config.engine != "vllm" or config.kv_cache_dtype != FP8_CACHE_BASE:
+        if config.engine != "vllm" or not selected(config):
             continue
-        twin = config._replace(dtype=BASELINE_DTYPE)
+        twin = twin_of(config)
         if twin in runs:
-            rows.append(agreement(config, scored, runs[twin], f"vllm {BASELINE_DTYPE}"))
+            rows.append(agreement(config, scored, runs[twin], against.format(dtype=config.dtype)))
         else:
             unpaired.append(config)
     return rows, unpaired
+
+
+def compare(runs: Mapping[Config, Sequence[Scored]]) -> tuple[list[Agreement], list[Config]]:
+    """Every half-precision run against its float32 twin; also the runs that lack one."""
+    return _paired(
+        runs,
+        lambda c: c.dtype != BASELINE_DTYPE and c.kv_cache_dtype == FP8_CACHE_BASE,
+        lambda c: c._replace(dtype=BASELINE_DTYPE),
+        f"vllm {BASELINE_DTYPE}",
+    )
 
 
 def reference_checks(runs: Mapping[Config, Sequence[Scored]]) -> list[Agreement]:
@@ -191,14 +206,11 @@ class Fp8Verdict:
 def compare_fp8(runs: Mapping[Config, Sequence[Scored]]) -> tuple[list[Fp8Verdict], list[Config]]:
     """Every FP8-cache run against the same engine with the default cache, and the runs that
     lack that twin."""
-    rows, unpaired = [], []
-    for config, scored in runs.items():
-        if config.engine != "vllm" or config.kv_cache_dtype == FP8_CACHE_BASE:
-            continue
-        twin = config._replace(kv_cache_dtype=FP8_CACHE_BASE)
-        if twin in runs:
-            rows.append(agreement(config, scored, runs[twin], f"vllm {config.dtype}, {FP8_CACHE_BASE} cache"))
-        else:
-            unpaired.append(config)
+    rows, unpaired = _paired(
+        runs,
+        lambda c: c.kv_cache_dtype != FP8_CACHE_BASE,
+        lambda c: c._replace(kv_cache_dtype=FP8_CACHE_BASE),
+        f"vllm {{dtype}}, {FP8_CACHE_BASE} cache",
+    )
     stock = {(r.dtype, r.kv_cache_dtype): r for r in rows if r.budget is None}
     return [Fp8Verdict(r, stock.get((r.dtype, r.kv_cache_dtype))) for r in rows], unpaired

@@ -157,8 +157,8 @@ HALF_STATS_MUTANTS = [
     Mutant(
         "half precision: compared against the wrong dtype's rows",
         "benchmarks/half_stats.py",
-        "twin = config._replace(dtype=BASELINE_DTYPE)",
-        'twin = config._replace(dtype="float16")',
+        "lambda c: c._replace(dtype=BASELINE_DTYPE),",
+        'lambda c: c._replace(dtype="float16"),',
         HALF_STATS,
     ),
     Mutant(
@@ -171,8 +171,8 @@ HALF_STATS_MUTANTS = [
     Mutant(
         "FP8 quality: the FP8 cache compared against float32 instead of its default-cache twin",
         "benchmarks/half_stats.py",
-        "twin = config._replace(kv_cache_dtype=FP8_CACHE_BASE)",
-        "twin = config._replace(kv_cache_dtype=FP8_CACHE_BASE, dtype=BASELINE_DTYPE)",
+        "lambda c: c._replace(kv_cache_dtype=FP8_CACHE_BASE),",
+        "lambda c: c._replace(kv_cache_dtype=FP8_CACHE_BASE, dtype=BASELINE_DTYPE),",
         HALF_STATS,
     ),
     Mutant(
