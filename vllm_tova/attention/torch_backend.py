@@ -15,21 +15,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from vllm.config import get_current_vllm_config
-from vllm.v1.attention.backend import (
-    AttentionBackend,
-    AttentionImpl,
-    AttentionLayer,
-    AttentionType,
-    MultipleOf,
-)
+from vllm.v1.attention.backend import AttentionBackend, AttentionLayer, AttentionType, MultipleOf
 
 from vllm_tova.attention import eviction_log, fp8
-from vllm_tova.attention.head_average import HeadAverage
+from vllm_tova.attention.common import TovaImplBase
 from vllm_tova.attention.metadata import ChunkRow, DecodeRows, TovaMetadata, TovaMetadataBuilder
-from vllm_tova.attention.slot_state import SlotState
-from vllm_tova.config import TovaConfig
-from vllm_tova.policy import EvictionPolicy, get_policy
 
 
 class TovaTorchBackend(AttentionBackend):
@@ -72,49 +62,8 @@ class TovaTorchBackend(AttentionBackend):
         return False
 
 
-class TovaTorchImpl(AttentionImpl):
-    def __init__(
-        self,
-        num_heads: int,
-        head_size: int,
-        scale: float,
-        num_kv_heads: int,
-        alibi_slopes: list[float] | None,
-        sliding_window: int | None,
-        kv_cache_dtype: str,
-        logits_soft_cap: float | None = None,
-        attn_type: str = AttentionType.DECODER,
-        kv_sharing_target_layer_name: str | None = None,
-        sinks: torch.Tensor | None = None,
-    ) -> None:
-        unsupported = {
-            "ALiBi": alibi_slopes is not None,
-            "sliding-window attention": sliding_window is not None,
-            "logit soft-capping": bool(logits_soft_cap),
-            "attention sinks": sinks is not None,
-            "cross-layer KV sharing": kv_sharing_target_layer_name is not None,
-            f"{attn_type} attention": attn_type != AttentionType.DECODER,
-            f"--kv-cache-dtype {kv_cache_dtype} (allowed: {', '.join(fp8.SUPPORTED_KV_CACHE_DTYPES)})": (
-                kv_cache_dtype not in fp8.SUPPORTED_KV_CACHE_DTYPES
-            ),
-        }
-        refused = [name for name, present in unsupported.items() if present]
-        if refused:
-            raise NotImplementedError(
-                f"vllm-tova KV eviction does not support {', '.join(refused)}; "
-                "run this model without a kv_policy."
-            )
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
-        self.head_size = head_size
-        self.scale = float(scale)
-        self.group = num_heads // num_kv_heads
-        self.fp8 = fp8.is_fp8(kv_cache_dtype)
-        vllm_config = get_current_vllm_config()
-        settings = TovaConfig.from_additional_config(vllm_config.additional_config)
-        self.head_average = HeadAverage(vllm_config.parallel_config.tensor_parallel_size)
-        self.policy: EvictionPolicy = get_policy(settings.policy, settings.budget)
-        self.state = SlotState(self.policy)
+class TovaTorchImpl(TovaImplBase):
+    """Attention, scoring and eviction in torch ops, one row at a time."""
 
     def forward(
         self,
@@ -129,8 +78,8 @@ class TovaTorchImpl(AttentionImpl):
         output_block_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """query (tokens, heads, d); key/value (tokens, kv_heads, d); output (tokens, heads, d)."""
-        if attn_metadata is None:  # profiling run
-            return output.fill_(0)  # see TovaTritonImpl.forward
+        if attn_metadata is None:
+            return self.profiling_output(output)
         if self.fp8:
             kv_cache = fp8.byte_view(kv_cache)
         key_cache, value_cache = (c.flatten(0, 1) for c in kv_cache.unbind(0))

@@ -45,7 +45,8 @@ from vllm.v1.attention.backend import (
 from vllm_tova.attention import eviction_log, fp8, triton_kernels
 from vllm_tova.attention.metadata import host_lengths
 from vllm_tova.attention.row_budgets import STEP
-from vllm_tova.attention.torch_backend import TovaTorchBackend, TovaTorchImpl
+from vllm_tova.attention.common import TovaImplBase
+from vllm_tova.attention.torch_backend import TovaTorchBackend
 from vllm_tova.config import TovaConfig
 from vllm_tova.policy import SINKS
 
@@ -348,8 +349,8 @@ def _flash_attn():
     return flash_attn_varlen_func, get_flash_attn_version()
 
 
-class TovaTritonImpl(TovaTorchImpl):
-    """Refuses the same configurations as the torch backend; forward differs. The decode
+class TovaTritonImpl(TovaImplBase):
+    """Refuses the same configurations as the torch backend (TovaImplBase). The decode
     kernels serve ``triton_kernels.POLICY_CODES``; other policies are refused at start-up
     (patches/engine_args.py)."""
 
@@ -386,10 +387,7 @@ class TovaTritonImpl(TovaTorchImpl):
         output_block_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if attn_metadata is None:
-            # Profiling run: zeros, as vLLM's GPU backends return, not the uninitialized
-            # buffer. --calculate-kv-scales sets the FP8 scales from this pass's K/V, which
-            # garbage from earlier layers would make NaN.
-            return output.fill_(0)
+            return self.profiling_output(output)
         if self.fp8:
             kv_cache = fp8.byte_view(kv_cache)
         key_cache, value_cache = kv_cache.unbind(0)
