@@ -1,9 +1,8 @@
 """Register this checkout with vLLM on a host where pip cannot install it.
 
 vLLM loads plugins only through installed distributions' ``vllm.general_plugins`` entry
-points. On the offline GPU host (no package index) ``pip install -e .`` did not take (an
-earlier session found that it needs the network for its build; on 2026-12-01 a run after it
-had no entry point), and without one vLLM silently serves stock attention. This writes the
+points. On an offline GPU host (no package index) ``pip install -e .`` can leave none (its
+build needs the network), and without one vLLM silently serves stock attention. This writes the
 metadata pip would have written, METADATA and entry_points.txt read from setup.py, into a
 directory on PYTHONPATH; the code itself stays in the checkout:
 
