@@ -69,6 +69,15 @@ def austen_ids(model_path: Path) -> list[int]:
 
 
 @pytest.fixture(scope="session")
+def reference(model_path: Path):
+    """The HF reference, shared by the modules that check vLLM against it; each run is
+    computed once (``tests.equivalence.ReferenceRuns``)."""
+    from tests.equivalence import ReferenceRuns
+
+    return ReferenceRuns(model_path)
+
+
+@pytest.fixture(scope="session")
 def block_bytes(model_path: Path) -> int:
     """Bytes per KV block with the test defaults, to size KV pools in blocks."""
     return kv_block_bytes(str(model_path), ENGINE_DEFAULTS["dtype"], ENGINE_DEFAULTS["block_size"])
