@@ -4,9 +4,9 @@ Tests live in one folder per cost, each a marker of the same name (``pytest.ini`
 ``unit`` (no engine; ``make test-fast``), ``kernels``, ``engine``, ``serve``, ``gpu``.
 
 Engines start in ~30 s on this CPU, so tests share them through the session-wide
-``engines`` fixture: the suite's most used settings (``RESIDENT``) stay up for the whole
-session, every other engine is closed when the next one opens (an idle engine takes
-almost no CPU).
+``engines`` fixture: the suite's most used settings (``RESIDENT``) stay up until the tier's
+folder ends, every other engine is closed when the next one opens (an idle engine takes
+little CPU, ~5% of a core, but the tiers without engines should not pay even that).
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def tova(budget: int, chunk: int) -> dict:
     return additional_config("tova", budget, chunk)
 
 
-#: The settings four modules run on (isolation, the K=128 reference case, the serve tier's
-#: offline runs and the soak's references): started once, kept for the whole session.
+#: The settings four modules run on: isolation and the K=128 reference case in the engine
+#: tier, the offline runs of test_serve and the soak's references in the serve tier.
 RESIDENT = dict(additional_config=tova(128, 256))
 
 
@@ -100,7 +100,7 @@ class Engines:
     """Keeps the ``RESIDENT`` engine, once opened, and at most one other engine alive.
 
     Starting an engine is the slowest part of these tests, so every user of the same
-    settings shares one: the resident engine across the session, any other engine across
+    settings shares one: the resident engine across a tier, any other engine across
     consecutive users (the cases of one module).
     """
 
@@ -120,13 +120,24 @@ class Engines:
 
     def close(self, resident: bool = False) -> None:
         """Close the engines other than the resident one (all of them with ``resident``),
-        so the next engine or server gets the machine: an idle engine only holds memory."""
+        so the next engine or server gets the machine (the resident one, idle, keeps its
+        memory and ~5% of a core)."""
         for key in [k for k in self.open if resident or k != _key(RESIDENT)]:
             self.open.pop(key)[0].__exit__(None, None, None)
+
+
+_POOL: list[Engines] = []  # the session's pool, for the teardown hook
 
 
 @pytest.fixture(scope="session")
 def engines(model_path: Path):
     pool = Engines(model_path)
+    _POOL.append(pool)
     yield pool
     pool.close(resident=True)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Close every engine when a tier's folder ends."""
+    if _POOL and (nextitem is None or nextitem.path.parent != item.path.parent):
+        _POOL[0].close(resident=True)
