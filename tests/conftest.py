@@ -3,8 +3,10 @@
 Tests live in one folder per cost, each a marker of the same name (``pytest.ini``):
 ``unit`` (no engine; ``make test-fast``), ``kernels``, ``engine``, ``serve``, ``gpu``.
 
-Engines start in ~60 s on this CPU, so tests share them through the session-wide
-``engines`` fixture, which keeps one alive at a time (an idle engine takes no CPU).
+Engines start in ~30 s on this CPU, so tests share them through the session-wide
+``engines`` fixture: the suite's most used settings (``RESIDENT``) stay up until the tier's
+folder ends, every other engine is closed when the next one opens (an idle engine takes
+little CPU, ~5% of a core, but the tiers without engines should not pay even that).
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ def austen_ids(model_path: Path) -> list[int]:
 
 
 @pytest.fixture(scope="session")
+def reference(model_path: Path):
+    """The HF reference, shared by the modules that check vLLM against it; each run is
+    computed once (``tests.equivalence.ReferenceRuns``)."""
+    from tests.equivalence import ReferenceRuns
+
+    return ReferenceRuns(model_path)
+
+
+@pytest.fixture(scope="session")
 def block_bytes(model_path: Path) -> int:
     """Bytes per KV block with the test defaults, to size KV pools in blocks."""
     return kv_block_bytes(str(model_path), ENGINE_DEFAULTS["dtype"], ENGINE_DEFAULTS["block_size"])
@@ -76,37 +87,57 @@ def tova(budget: int, chunk: int) -> dict:
     return additional_config("tova", budget, chunk)
 
 
-class Engines:
-    """Keeps at most one engine alive; consecutive users of the same settings share it.
+#: The settings four modules run on: isolation and the K=128 reference case in the engine
+#: tier, the offline runs of test_serve and the soak's references in the serve tier.
+RESIDENT = dict(additional_config=tova(128, 256))
 
-    Starting an engine is the slowest part of these tests, so modules that use the same
-    settings one after the other (isolation, then the K=128 reference case) reuse one.
+
+def _key(overrides: dict) -> str:
+    return repr(sorted(overrides.items()))
+
+
+class Engines:
+    """Keeps the ``RESIDENT`` engine, once opened, and at most one other engine alive.
+
+    Starting an engine is the slowest part of these tests, so every user of the same
+    settings shares one: the resident engine across a tier, any other engine across
+    consecutive users (the cases of one module).
     """
 
     def __init__(self, model_path: Path) -> None:
         self.model_path = model_path
-        self.key: str | None = None
-        self.current = None
-        self.llm = None
+        self.open: dict[str, tuple[object, object]] = {}  # key -> (context manager, LLM)
 
     def get(self, **overrides):
-        key = repr(sorted(overrides.items()))
-        if key != self.key:
+        key = _key(overrides)
+        if key not in self.open:
             self.close()
-            self.current = open_llm(str(self.model_path), **{**ENGINE_DEFAULTS, **overrides})
+            current = open_llm(str(self.model_path), **{**ENGINE_DEFAULTS, **overrides})
             # Engine processes read the switch when they start (the CPU build spawns them).
             with environment(VLLM_TOVA_RECORD_EVICTIONS="1"):
-                self.llm, self.key = self.current.__enter__(), key
-        return self.llm
+                self.open[key] = (current, current.__enter__())
+        return self.open[key][1]
 
-    def close(self) -> None:
-        if self.current is not None:
-            self.current.__exit__(None, None, None)
-        self.current = self.llm = self.key = None
+    def close(self, resident: bool = False) -> None:
+        """Close the engines other than the resident one (all of them with ``resident``),
+        so the next engine or server gets the machine (the resident one, idle, keeps its
+        memory and ~5% of a core)."""
+        for key in [k for k in self.open if resident or k != _key(RESIDENT)]:
+            self.open.pop(key)[0].__exit__(None, None, None)
+
+
+_POOL: list[Engines] = []  # the session's pool, for the teardown hook
 
 
 @pytest.fixture(scope="session")
 def engines(model_path: Path):
     pool = Engines(model_path)
+    _POOL.append(pool)
     yield pool
-    pool.close()
+    pool.close(resident=True)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Close every engine when a tier's folder ends."""
+    if _POOL and (nextitem is None or nextitem.path.parent != item.path.parent):
+        _POOL[0].close(resident=True)

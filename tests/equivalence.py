@@ -21,8 +21,9 @@ absolute, which moves a softmax weight by ~1e-4 of itself. A tie is a gap ten ti
 
 from __future__ import annotations
 
+from pathlib import Path
 
-from vllm_tova.reference import ReferenceResult, relative_gap
+from vllm_tova.reference import ReferenceResult, TovaReference, relative_gap
 
 LOGIT_TIE = 1e-5  # (top-1 - top-2) / |top-1| of the reference's logits
 EVICTION_TIE = 1e-3  # (worst kept - best dropped) / |worst kept| of the reference's scores
@@ -183,3 +184,44 @@ def generate_logged(llm, prompt: list[int], params) -> tuple[object, list[list[i
     llm.collective_rpc("tova_evictions")  # forget what earlier runs recorded
     (output,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
     return output.outputs[0], llm.collective_rpc("tova_evictions")
+
+
+class ReferenceRuns(TovaReference):
+    """The reference, computing each (prompt, K, C, policy) run once per session.
+
+    Greedy generation stops after ``max_new_tokens`` without changing any step before it, so
+    a shorter run of the same settings is the longer one's prefix: its first tokens, and its
+    first ``prompt_passes + n - 1`` passes of decisions.
+    """
+
+    def __init__(self, model_path: str | Path) -> None:
+        super().__init__(model_path)
+        self.runs: dict[tuple, ReferenceResult] = {}
+
+    def generate(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        budget: int | None,
+        prefill_chunk: int,
+        policy: str = "tova",
+    ) -> ReferenceResult:
+        key = (tuple(prompt), budget, prefill_chunk, policy)
+        run = self.runs.get(key)
+        if run is None or len(run.tokens) < max_new_tokens:
+            run = self.runs[key] = super().generate(prompt, max_new_tokens, budget, prefill_chunk, policy)
+        return prefix(run, max_new_tokens)
+
+
+def prefix(run: ReferenceResult, n: int) -> ReferenceResult:
+    """The run as if generation had stopped after ``n`` tokens."""
+    passes = run.prompt_passes + n - 1
+    return ReferenceResult(
+        tokens=run.tokens[:n],
+        logprobs=run.logprobs[:n],
+        top_logits=run.top_logits[:n],
+        logit_margins=run.logit_margins[:n],
+        kept=run.kept[:passes],
+        cut_margins=run.cut_margins[:passes],
+        prompt_passes=run.prompt_passes,
+    )

@@ -10,7 +10,7 @@ from tests.conftest import tova
 from tests.preemption import run_preempting_once
 from vllm_tova.dev.runs import run_batch
 
-BUDGET, CHUNK = 128, 256  # the K=128 reference case reuses this engine
+BUDGET, CHUNK = 128, 256  # the resident engine's settings (tests/conftest.py)
 LENGTHS = [40, 1500, 75, 300, 130, 700, 60, 900, 200, 45, 500, 129, 1000, 90, 400, 256]
 NUM_GENERATED = [24, 16, 32, 20] * 4
 
@@ -28,10 +28,7 @@ def _params(i: int) -> SamplingParams:
 @pytest.fixture(scope="module")
 def runs(engines, austen_ids: list[int], block_bytes: int):
     """Tokens per request: alone, in one batch, in one batch on a tiny KV pool, and in one
-    batch whose running requests are all preempted mid-run.
-
-    The tiny pool runs first so the roomy engine stays up for the next module.
-    """
+    batch whose running requests are all preempted mid-run."""
     prompts = _prompts(austen_ids)
     params = [_params(i) for i in range(len(prompts))]
     # 11 blocks: two sequences at their cap (4 blocks each) plus a little. Short prompts

@@ -12,15 +12,12 @@ evicts and none keeps everything.)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from vllm import SamplingParams
 
-from tests.equivalence import check_against_reference, generate_logged, replay_log
+from tests.equivalence import ReferenceRuns, check_against_reference, generate_logged, replay_log
 from tests.preemption import run_preempting_once
 from vllm_tova.config import additional_config
-from vllm_tova.reference import TovaReference
 
 DEFAULT, CHUNK, MAX_MODEL_LEN = 64, 128, 2048
 #: (prompt length, the request's extra_args, K the reference runs with: None = no eviction)
@@ -41,11 +38,6 @@ def _params(extra: dict) -> SamplingParams:
     return SamplingParams(
         max_tokens=GENERATED, temperature=0, logprobs=1, ignore_eos=True, extra_args=dict(extra) or None
     )
-
-
-@pytest.fixture(scope="module")
-def reference(model_path: Path) -> TovaReference:
-    return TovaReference(model_path)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +63,13 @@ def batched(llm, prompts, params) -> list:
     return [o.outputs[0] for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params)]
 
 
-def test_mixed_batch_follows_each_requests_reference(batched, prompts, reference: TovaReference) -> None:
+def test_mixed_batch_follows_each_requests_reference(batched, prompts, reference: ReferenceRuns) -> None:
     for (length, extra, budget), prompt, out in zip(CASES, prompts, batched):
         expected = reference.generate(prompt, GENERATED, budget, CHUNK)
         print(check_against_reference(f"batched {extra or 'default'} prompt={length}", out, expected))
 
 
-def test_alone_evicts_at_its_own_budget(llm, prompts, params, reference: TovaReference) -> None:
+def test_alone_evicts_at_its_own_budget(llm, prompts, params, reference: ReferenceRuns) -> None:
     """One request per class (32, 128, none) alone: every layer's retained positions after
     every pass equal its reference's (the default K is covered by the whole suite)."""
     layers = reference.model.config.num_hidden_layers

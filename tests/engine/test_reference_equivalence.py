@@ -12,14 +12,11 @@ Each prompt runs alone, so its eviction log reads as one sequence's decisions.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from vllm import SamplingParams
 
-from tests.equivalence import check_against_reference, generate_logged, replay_log
+from tests.equivalence import ReferenceRuns, check_against_reference, generate_logged, replay_log
 from vllm_tova.config import additional_config
-from vllm_tova.reference import TovaReference
 
 # (policy, K, C, prompts as (offset, length) in Emma's tokens, tokens generated)
 LONG = [(2_000, 310), (20_000, 1_500)]
@@ -34,11 +31,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def reference(model_path: Path) -> TovaReference:
-    return TovaReference(model_path)
-
-
 @pytest.fixture(scope="module", params=CASES, ids=[f"{p}-K{k}-C{c}" for p, k, c, _, _ in CASES])
 def vllm_run(request, engines, austen_ids: list[int]):
     policy, budget, chunk, spans, generated = request.param
@@ -49,7 +41,7 @@ def vllm_run(request, engines, austen_ids: list[int]):
     return policy, budget, chunk, generated, prompts, runs
 
 
-def test_tokens_and_evictions_match_reference(vllm_run, reference: TovaReference) -> None:
+def test_tokens_and_evictions_match_reference(vllm_run, reference: ReferenceRuns) -> None:
     policy, budget, chunk, generated, prompts, runs = vllm_run
     layers = reference.model.config.num_hidden_layers
     for prompt, (out, (log,)) in zip(prompts, runs):

@@ -11,15 +11,12 @@ The Ray executor is GPU-only in vLLM; benchmarks/tensor_parallel.py runs it on G
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from vllm import SamplingParams
 
 from benchmarks.tensor_parallel import cpu_binding, environment
-from tests.equivalence import check_against_reference, generate_logged, replay_log
+from tests.equivalence import ReferenceRuns, check_against_reference, generate_logged, replay_log
 from vllm_tova.config import additional_config
-from vllm_tova.reference import TovaReference
 
 RANKS = 3
 BUDGET, CHUNK = 64, 128
@@ -54,9 +51,8 @@ def test_every_rank_evicts_the_same_entries_at_every_step(tp_run) -> None:
             assert log == logs[0], f"prompt {len(prompt)}: rank {rank} disagrees with rank 0"
 
 
-def test_tensor_parallel_follows_reference(tp_run, model_path: Path) -> None:
+def test_tensor_parallel_follows_reference(tp_run, reference: ReferenceRuns) -> None:
     prompts, runs = tp_run
-    reference = TovaReference(model_path)
     layers = reference.model.config.num_hidden_layers
     for prompt, (out, logs) in zip(prompts, runs):
         expected = reference.generate(prompt, GENERATED, BUDGET, CHUNK)

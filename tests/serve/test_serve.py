@@ -1,7 +1,7 @@
 """``vllm serve --kv-policy tova`` as a real process: outputs, streaming, load, /metrics, errors.
 
-One server for the module (engine start is the slow part); the offline engine runs first and
-is closed before the server starts, so only one engine is alive at a time.
+One server for the module (engine start is the slow part); the offline runs use the session's
+resident engine (tests/conftest.py), idle while the server runs.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_offline_per_request_budget_over_the_maximum_is_refused(engines, prompts
 def offline_everything(engines, prompts) -> tuple[list[tuple[str, int]], str]:
     """Each prompt alone through the offline ``LLM`` API (same settings): its text, and the
     entries its workers actually dropped, counted from their eviction log; and prompt 7's
-    text at its own budget ``SMALL``. Then closed."""
+    text at its own budget ``SMALL``."""
     llm = engines.get(additional_config=tova(BUDGET, CHUNK))
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     runs = []
@@ -67,7 +67,6 @@ def offline_everything(engines, prompts) -> tuple[list[tuple[str, int]], str]:
         runs.append((out.text, evictions(passes, len(p), CHUNK)))
     small = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, extra_args={"kv_budget": SMALL})
     (out,) = llm.generate([{"prompt_token_ids": prompts[7]}], small, use_tqdm=False)
-    engines.close()
     return runs, out.outputs[0].text
 
 

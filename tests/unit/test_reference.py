@@ -50,3 +50,15 @@ def test_cache_keeps_the_best_by_hf_weights(reference, austen_ids: list[int], hf
         dropped = int(module.tova_newest_weights.mean(0).argmin())
         assert new.tolist() == [p for i, p in enumerate(candidates.tolist()) if i != dropped], f"layer {layer}"
         assert len(decisions[layer].keep) == 32
+
+
+def test_a_shorter_run_is_the_prefix_of_a_longer_one(reference, austen_ids: list[int]) -> None:
+    """What lets the engine tests reuse a longer run of the same settings (``prefix``)."""
+    from tests.equivalence import prefix
+
+    prompt = austen_ids[900:1000]
+    longer, shorter = reference.generate(prompt, 12, 32, 32), reference.generate(prompt, 5, 32, 32)
+    cut = prefix(longer, 5)
+    for name in ("tokens", "logprobs", "top_logits", "logit_margins", "cut_margins", "prompt_passes"):
+        assert getattr(cut, name) == getattr(shorter, name), name
+    assert [[k.tolist() for k in p] for p in cut.kept] == [[k.tolist() for k in p] for p in shorter.kept]
