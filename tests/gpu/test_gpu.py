@@ -24,7 +24,7 @@ from tests.equivalence import check_against_reference, first_difference, generat
 from tests.preemption import run_preempting_once
 from vllm_tova.attention import eviction_log
 from vllm_tova.config import additional_config
-from vllm_tova.reference import ReferenceResult, TovaReference
+from vllm_tova.reference import TovaReference
 from vllm_tova.dev.runs import open_llm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -63,29 +63,6 @@ def model_runner(version: str) -> Iterator[None]:
 
 def _ids(prompts: list[list[int]]) -> list[dict]:
     return [{"prompt_token_ids": p} for p in prompts]
-
-
-class RunOnceReference(TovaReference):
-    """The float32 reference, each generation computed once per module: it is deterministic,
-    and the V2 and V1 cases and the half-precision cases compare against the same runs (the
-    HF eager steps are the slowest part of several tests)."""
-
-    def __init__(self, model_path: Path) -> None:
-        super().__init__(model_path)
-        self._runs: dict[tuple, ReferenceResult] = {}
-
-    def generate(
-        self, prompt: list[int], max_new_tokens: int, budget: int | None, prefill_chunk: int, policy: str = "tova"
-    ) -> ReferenceResult:
-        key = (tuple(prompt), max_new_tokens, budget, prefill_chunk, policy)
-        if key not in self._runs:
-            self._runs[key] = super().generate(prompt, max_new_tokens, budget, prefill_chunk, policy)
-        return self._runs[key]
-
-
-@pytest.fixture(scope="module")
-def reference(model_path: Path) -> TovaReference:
-    return RunOnceReference(model_path)
 
 
 @pytest.fixture(scope="module")
