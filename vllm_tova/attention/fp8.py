@@ -65,4 +65,3 @@ def read(cache: torch.Tensor, slots: torch.Tensor, scale: torch.Tensor | None, d
 def write(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor, scale: torch.Tensor | None) -> None:
     """Store ``values`` at ``slots``: quantized where ``scale`` marks an FP8 cache."""
     cache[slots] = values if scale is None else quantize(values, scale)
-
