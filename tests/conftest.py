@@ -3,10 +3,9 @@
 Tests live in one folder per cost, each a marker of the same name (``pytest.ini``):
 ``unit`` (no engine; ``make test-fast``), ``kernels``, ``engine``, ``serve``, ``gpu``.
 
-Engines start in ~30 s on this CPU, so tests share them through the session-wide
-``engines`` fixture: the suite's most used settings (``RESIDENT``) stay up until the tier's
-folder ends, every other engine is closed when the next one opens (an idle engine takes
-little CPU, ~5% of a core, but the tiers without engines should not pay even that).
+Engines without tensor parallelism run inside the test process (``Engines``), so an engine
+starts in ~5 s instead of ~20 s, and tests share them through the session-wide ``engines``
+fixture: an engine stays up until a test asks for other settings or its tier's folder ends.
 """
 
 from __future__ import annotations
@@ -30,6 +29,11 @@ os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 # Engines started here (and the servers, which inherit it) compute on every core: ~1.6x
 # faster batched decoding on a 2-core EPYC. Tensor-parallel runs bind their ranks themselves.
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+# Offline engines (here and in the benchmarks the tests run) keep vLLM's engine core in the
+# calling process, as ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` does for any vLLM user: no engine
+# core process that imports vLLM and torch again, ~15 s of each ~20 s engine start on a
+# 2-core CPU. Servers always run their engine core in its own process.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 # float32 wherever outputs are compared exactly; block_size 32 suits the CPU build.
 ENGINE_DEFAULTS = dict(
@@ -92,43 +96,38 @@ def tova(budget: int, chunk: int) -> dict:
     return additional_config("tova", budget, chunk)
 
 
-#: The settings four modules run on: isolation and the K=128 reference case in the engine
-#: tier, the offline runs of test_serve and the soak's references in the serve tier.
-RESIDENT = dict(additional_config=tova(128, 256))
-
-
 def _key(overrides: dict) -> str:
     return repr(sorted(overrides.items()))
 
 
 class Engines:
-    """Keeps the ``RESIDENT`` engine, once opened, and at most one other engine alive.
+    """At most one engine alive, shared by consecutive tests with the same settings.
 
-    Starting an engine is the slowest part of these tests, so every user of the same
-    settings shares one: the resident engine across a tier, any other engine across
-    consecutive users (the cases of one module).
+    Without tensor parallelism the whole engine runs in the test process: the engine core
+    in process, and the ``uni`` executor's worker too.
     """
 
     def __init__(self, model_path: Path) -> None:
         self.model_path = model_path
-        self.open: dict[str, tuple[object, object]] = {}  # key -> (context manager, LLM)
+        self.key: str | None = None
+        self.current: tuple[object, object] | None = None  # (context manager, LLM)
 
     def get(self, **overrides):
         key = _key(overrides)
-        if key not in self.open:
+        if key != self.key:
             self.close()
-            current = open_llm(str(self.model_path), **{**ENGINE_DEFAULTS, **overrides})
-            # Engine processes read the switch when they start (the CPU build spawns them).
+            # Read when the engine builds its attention layers, here or in its workers.
             with environment(VLLM_TOVA_RECORD_EVICTIONS="1"):
-                self.open[key] = (current, current.__enter__())
-        return self.open[key][1]
+                manager = open_llm(str(self.model_path), **{**ENGINE_DEFAULTS, **overrides})
+                self.current = (manager, manager.__enter__())
+            self.key = key
+        return self.current[1]
 
-    def close(self, resident: bool = False) -> None:
-        """Close the engines other than the resident one (all of them with ``resident``),
-        so the next engine or server gets the machine (the resident one, idle, keeps its
-        memory and ~5% of a core)."""
-        for key in [k for k in self.open if resident or k != _key(RESIDENT)]:
-            self.open.pop(key)[0].__exit__(None, None, None)
+    def close(self) -> None:
+        """Shut the engine down, so the next engine or server gets the machine."""
+        if self.current is not None:
+            self.current[0].__exit__(None, None, None)
+            self.current, self.key = None, None
 
 
 _POOL: list[Engines] = []  # the session's pool, for the teardown hook
@@ -139,10 +138,10 @@ def engines(model_path: Path):
     pool = Engines(model_path)
     _POOL.append(pool)
     yield pool
-    pool.close(resident=True)
+    pool.close()
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Close every engine when a tier's folder ends."""
     if _POOL and (nextitem is None or nextitem.path.parent != item.path.parent):
-        _POOL[0].close(resident=True)
+        _POOL[0].close()

@@ -10,7 +10,7 @@ from tests.conftest import tova
 from tests.preemption import run_preempting_once
 from vllm_tova.dev.runs import run_batch
 
-BUDGET, CHUNK = 128, 256  # the resident engine's settings (tests/conftest.py)
+BUDGET, CHUNK = 128, 256  # the K=128 reference case's settings (test_reference_equivalence.py)
 LENGTHS = [40, 1500, 75, 300, 130, 700, 60, 900, 200, 45, 500, 129, 1000, 90, 400, 256]
 NUM_GENERATED = [24, 16, 32, 20] * 4
 

@@ -1,7 +1,7 @@
 """``vllm serve --kv-policy tova`` as a real process: outputs, streaming, load, /metrics, errors.
 
-One server for the module (engine start is the slow part); the offline runs use the session's
-resident engine (tests/conftest.py), idle while the server runs.
+One server for the module (engine start is the slow part); the offline runs share one engine
+through the session's ``engines`` fixture (tests/conftest.py), idle while the server runs.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ SERVER_STEP_TOKENS = 300
 def test_short_soak(engines, model_path: Path, austen_ids: list[int], tmp_path: Path) -> None:
     prompts = soak_prompts(austen_ids, SHORT + LONG, [16] * len(SHORT) + [8] * len(LONG))
     references = reference_texts(engines.get(additional_config=tova(BUDGET, CHUNK)), prompts)
-    engines.close(resident=True)  # the server gets the machine to itself
+    engines.close()  # the server gets the machine to itself
     plan = Plan(str(model_path), prompts, references, len(SHORT), ENGINE_DEFAULTS["max_model_len"], BUDGET)
     flags = serve_flags(max_num_batched_tokens=SERVER_STEP_TOKENS)
     flags += ["--kv-policy", "tova", "--kv-budget", str(BUDGET), "--kv-prefill-chunk", str(CHUNK)]

@@ -8,7 +8,7 @@ import torch
 from vllm.config import get_current_vllm_config
 from vllm.v1.attention.backend import AttentionImpl, AttentionType
 
-from vllm_tova.attention import fp8
+from vllm_tova.attention import eviction_log, fp8
 from vllm_tova.attention.head_average import HeadAverage
 from vllm_tova.attention.slot_state import SlotState
 from vllm_tova.config import TovaConfig
@@ -58,6 +58,7 @@ class TovaImplBase(AttentionImpl):
         self.head_average = HeadAverage(vllm_config.parallel_config.tensor_parallel_size)
         self.policy: EvictionPolicy = get_policy(settings.policy, settings.budget)
         self.state = SlotState(self.policy)
+        eviction_log.configure()
 
     @staticmethod
     def profiling_output(output: torch.Tensor) -> torch.Tensor:

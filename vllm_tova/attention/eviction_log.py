@@ -6,7 +6,8 @@ benchmark check that at every step: with ``VLLM_TOVA_RECORD_EVICTIONS=1`` in the
 (workers inherit it, Ray workers included), each backend appends its decisions per layer and
 step. Start the engine with ``worker_extension_cls=eviction_log.WORKER_EXTENSION``, then
 ``LLM.collective_rpc("tova_evictions")`` returns one list per rank. Off by default: recording
-copies every decision.
+copies every decision. The switch is read when an engine builds its attention layers, so an
+engine inside the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) follows it too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ import torch
 ENABLED = os.environ.get("VLLM_TOVA_RECORD_EVICTIONS", "0") == "1"
 
 _records: list[torch.Tensor] = []
+
+
+def configure() -> None:
+    """Read the switch and empty the log: each engine's attention layers call this as they
+    are built, so an engine started in a process that ran another records only its own."""
+    global ENABLED
+    ENABLED = os.environ.get("VLLM_TOVA_RECORD_EVICTIONS", "0") == "1"
+    _records.clear()
 
 
 def record(decisions: torch.Tensor, made: torch.Tensor | None = None) -> None:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vllm import LLM, RequestOutput, SamplingParams
+from vllm import envs as vllm_envs
 
 
 @dataclass
@@ -44,7 +45,12 @@ def blocks_in_use(kv_usage: float, pool_blocks: int) -> float:
 
 @contextmanager
 def open_llm(model: str, **kwargs) -> Iterator[LLM]:
-    """An ``LLM`` that is shut down on exit, so the next engine gets the machine to itself."""
+    """An ``LLM`` that is shut down on exit, so the next engine gets the machine to itself.
+
+    An engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) freezes vLLM's
+    environment variables when it starts; they are thawed on exit, so the next engine reads
+    the environment it is started in.
+    """
     llm = LLM(model, **kwargs)
     try:
         yield llm
@@ -52,6 +58,7 @@ def open_llm(model: str, **kwargs) -> Iterator[LLM]:
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
+        vllm_envs.disable_envs_cache()
 
 
 def kv_block_bytes(model: str, dtype: str, block_size: int) -> int:
