@@ -16,8 +16,7 @@ import os
 
 import torch
 
-ENABLED = os.environ.get("VLLM_TOVA_RECORD_EVICTIONS", "0") == "1"
-
+ENABLED = False
 _records: list[torch.Tensor] = []
 
 
@@ -27,6 +26,9 @@ def configure() -> None:
     global ENABLED
     ENABLED = os.environ.get("VLLM_TOVA_RECORD_EVICTIONS", "0") == "1"
     _records.clear()
+
+
+configure()
 
 
 def record(decisions: torch.Tensor, made: torch.Tensor | None = None) -> None:
