@@ -33,6 +33,9 @@ def _builder(
     device: str = "cpu",
 ):
     monkeypatch.setattr(triton_backend, "multiprocessor_count", lambda device: SMS)
+    # Full graphs need the eviction log off; an engine run earlier in this process may have
+    # left it on (its switch holds until the next engine builds its layers).
+    monkeypatch.setattr(eviction_log, "ENABLED", False)
     model = SimpleNamespace(
         get_num_kv_heads=lambda parallel: KV_HEADS,
         get_num_attention_heads=lambda parallel: 8,
