@@ -178,12 +178,19 @@ def check_against_reference(
     return report
 
 
-def generate_logged(llm, prompt: list[int], params) -> tuple[object, list[list[int]]]:
-    """Generate for ``prompt`` alone; returns its CompletionOutput and each rank's eviction
-    log of this run (the engine must record: see tests/conftest.py)."""
-    llm.collective_rpc("tova_evictions")  # forget what earlier runs recorded
-    (output,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
-    return output.outputs[0], llm.collective_rpc("tova_evictions")
+def generate_logged(llm, prompts: list[list[int]], params) -> list[tuple[object, list[list[int]]]]:
+    """Generate for ``prompts`` in one batch; per prompt, its CompletionOutput and each rank's
+    log of that sequence's own eviction decisions in this run (the engine must record: see
+    tests/conftest.py), to hold against the reference's run of that prompt alone: so a
+    request's decisions must not depend on its neighbours either. Keep the batch within
+    ``max_num_seqs`` and the KV pool, all admitted at once: sequences are told apart by
+    their KV blocks, which a sequence admitted after another finished could reuse."""
+    llm.collective_rpc("tova_evictions_by_sequence")  # forget what earlier runs recorded
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    ranks = llm.collective_rpc("tova_evictions_by_sequence")
+    for rank, logs in enumerate(ranks):
+        assert len(logs) == len(prompts), f"rank {rank} logged {len(logs)} sequences for {len(prompts)} prompts"
+    return [(out.outputs[0], [logs[i] for logs in ranks]) for i, out in enumerate(outputs)]
 
 
 class ReferenceRuns(TovaReference):

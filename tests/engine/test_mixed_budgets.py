@@ -74,7 +74,7 @@ def test_alone_evicts_at_its_own_budget(llm, prompts, params, reference: Referen
     every pass equal its reference's (the default K is covered by the whole suite)."""
     layers = reference.model.config.num_hidden_layers
     for i in (0, 2, 3):
-        out, (log,) = generate_logged(llm, prompts[i], params[i])
+        ((out, (log,)),) = generate_logged(llm, [prompts[i]], params[i])
         length, extra, budget = CASES[i]
         expected = reference.generate(prompts[i], GENERATED, budget, CHUNK)
         kept = replay_log(log, length, CHUNK, budget or MAX_MODEL_LEN, GENERATED, layers)

@@ -7,7 +7,8 @@ chunks, decode steps and slot reuse.
 Token ids must be identical for the whole generation, and every layer's retained positions
 after every forward pass identical to the reference's; a difference is accepted only at the
 step where the reference's own margin there is a near-tie (see tests/equivalence.py).
-Each prompt runs alone, so its eviction log reads as one sequence's decisions.
+A case's prompts run in one batch; each sequence's decisions are read from the eviction log
+by sequence, and held to the reference's run of that prompt alone.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def vllm_run(request, engines, austen_ids: list[int]):
     prompts = [austen_ids[start : start + length] for start, length in spans]
     params = SamplingParams(max_tokens=generated, temperature=0, logprobs=1, ignore_eos=True)
     llm = engines.get(additional_config=additional_config(policy, budget, chunk))
-    runs = [generate_logged(llm, p, params) for p in prompts]
+    runs = generate_logged(llm, prompts, params)
     return policy, budget, chunk, generated, prompts, runs
 
 

@@ -1,8 +1,8 @@
 """Tensor parallelism on the CPU engine: SmolLM2 (9 query heads, 3 KV heads) over 3 ranks.
 
 Each rank holds 3 of the 9 query heads; exact TOVA needs the head average over all 9, so the
-ranks all-reduce their scores. Checked here, per prompt (each run alone so its logs read as
-one sequence's): every rank logs the same eviction decisions at every layer and step, and
+ranks all-reduce their scores. Checked here, per prompt (both run in one batch; the logs are
+read by sequence): every rank logs the same eviction decisions at every layer and step, and
 those decisions and the tokens follow the single-process HF reference strictly (see
 tests/equivalence.py). The first prompt and K, C are those of a TP=1 case of
 tests/engine/test_reference_equivalence.py, which holds TP=1 to the same reference.
@@ -35,7 +35,7 @@ def tp_run(engines, austen_ids: list[int]):
         )
     prompts = [austen_ids[start : start + length] for start, length in SPANS]
     params = SamplingParams(max_tokens=GENERATED, temperature=0, logprobs=1, ignore_eos=True)
-    runs = [generate_logged(llm, p, params) for p in prompts]
+    runs = generate_logged(llm, prompts, params)
     engines.close()  # three worker processes: give the machine back to the next module
     return prompts, runs
 

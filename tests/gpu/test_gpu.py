@@ -103,7 +103,7 @@ def test_evictions_match_reference(runner: str, model_path: Path, reference_prom
     # process's already-imported eviction_log.
     switch = dict(VLLM_TOVA_RECORD_EVICTIONS="1", VLLM_WORKER_MULTIPROC_METHOD="spawn")
     with model_runner(runner), environment(**switch), open_llm(str(model_path), **config) as llm:
-        runs = [generate_logged(llm, p, params) for p in reference_prompts]
+        runs = [generate_logged(llm, [p], params)[0] for p in reference_prompts]
     layers = reference.model.config.num_hidden_layers
     for prompt, (out, (log,)) in zip(reference_prompts, runs):
         expected = reference.generate(prompt, NUM_GENERATED, BUDGET, CHUNK)

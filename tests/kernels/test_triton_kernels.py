@@ -486,7 +486,7 @@ def test_chunk_absorption_matches_torch_backend(dtype, kv_cache_dtype):
     for i, (old, new) in enumerate(rows):
         logical = torch.arange(min(old + new, budget), device=DEVICE)[None]
         slots = logical_to_physical(block_table[i : i + 1], logical, block_size)[0]
-        row = ChunkRow(int(starts[i]), new, old, slots, first_position=old, budget=budget)
+        row = ChunkRow(int(starts[i]), new, old, slots, old, budget, sequence=int(block_table[i, 0]))
         torch_impl._chunk(
             row, query, want_key, want_value, want_k.flatten(0, 1), want_v.flatten(0, 1), want_out
         )

@@ -55,14 +55,13 @@ def test_offline_per_request_budget_over_the_maximum_is_refused(engines, prompts
 
 @pytest.fixture(scope="module")
 def offline_everything(engines, prompts) -> tuple[list[tuple[str, int]], str]:
-    """Each prompt alone through the offline ``LLM`` API (same settings): its text, and the
-    entries its workers actually dropped, counted from their eviction log; and prompt 7's
-    text at its own budget ``SMALL``."""
+    """The prompts in one batch through the offline ``LLM`` API (same settings): per prompt,
+    its text and the entries its workers actually dropped, counted from their eviction log;
+    and prompt 7's text at its own budget ``SMALL``."""
     llm = engines.get(additional_config=tova(BUDGET, CHUNK))
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     runs = []
-    for p in prompts:
-        out, (log,) = generate_logged(llm, p, params)
+    for p, (out, (log,)) in zip(prompts, generate_logged(llm, prompts, params)):
         passes = replay_log(log, len(p), CHUNK, BUDGET, MAX_TOKENS, NUM_LAYERS)
         runs.append((out.text, evictions(passes, len(p), CHUNK)))
     small = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, extra_args={"kv_budget": SMALL})
@@ -160,9 +159,8 @@ def test_32_concurrent_equal_offline_and_metrics_track_them(
         watcher.join()
     assert [r.choices[0].text for r in results] == offline
 
-    # The scheduler counts evictions from token counts; the workers' own eviction logs (each
-    # request run alone offline: a request's evictions do not depend on its neighbours) say
-    # what was dropped.
+    # The scheduler counts evictions from token counts; the workers' own eviction logs of the
+    # offline batch say what was dropped.
     expected = sum(dropped for _, dropped in offline_runs)
     assert expected > 0
     start = metric(before, "vllm_tova:evicted_tokens_total")

@@ -35,6 +35,7 @@ class DecodeRows:
     append_slot: (D,) physical slot of logical slot ``retained`` (used when not full).
     position: (D,) token position of the new token (``seq_len - 1``).
     budget: (D,) each row's K.
+    sequence: (D,) each row's first KV block id, naming its sequence in the eviction log.
     """
 
     tokens: torch.Tensor
@@ -44,6 +45,7 @@ class DecodeRows:
     append_slot: torch.Tensor
     position: torch.Tensor
     budget: torch.Tensor
+    sequence: torch.Tensor
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ChunkRow:
     slots: physical slots of logical slots [0, min(retained + num_tokens, K)).
     first_position: token position of the chunk's first token (tokens seen before it).
     budget: the row's K.
+    sequence: the row's first KV block id, naming its sequence in the eviction log.
     """
 
     first_token: int
@@ -63,6 +66,7 @@ class ChunkRow:
     slots: torch.Tensor
     first_position: int
     budget: int
+    sequence: int
 
 
 @dataclass
@@ -159,6 +163,7 @@ class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
             append_slot=append.to(self.device),
             position=position.to(self.device),
             budget=budget.to(self.device),
+            sequence=block_table[:, 0].to(self.device),
         )
 
     def _chunk_row(
@@ -166,4 +171,4 @@ class TovaMetadataBuilder(AttentionMetadataBuilder[TovaMetadata]):
     ) -> ChunkRow:
         logical = torch.arange(min(retained + count, budget))[None]
         slots = logical_to_physical(block_table[None], logical, self.block_size)[0]
-        return ChunkRow(first, count, retained, slots.to(self.device), seen, budget)
+        return ChunkRow(first, count, retained, slots.to(self.device), seen, budget, int(block_table[0]))

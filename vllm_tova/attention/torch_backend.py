@@ -141,7 +141,7 @@ class TovaTorchImpl(TovaImplBase):
         # weakest itself). Other rows append at logical slot `retained`.
         scores = self.policy.with_budget(rows.budget[:, None]).score(attention, positions, accumulated)
         evicted = self.policy.evict_one(scores, rows.valid)
-        eviction_log.record(evicted, made=rows.full)
+        eviction_log.record(evicted, rows.sequence, made=rows.full)
         num_cached = rows.slots.shape[1]
         target = rows.append_slot
         write = torch.ones_like(rows.full)
@@ -193,7 +193,7 @@ class TovaTorchImpl(TovaImplBase):
             None if accumulated is None else accumulated[None],
         )[0]
         keep = self.policy.keep_top(scores, row.budget)
-        eviction_log.record(keep)
+        eviction_log.record(keep, row.sequence)
         kept_old = torch.zeros(row.retained, dtype=torch.bool, device=k.device)
         kept_old[keep[keep < row.retained]] = True
         new_kept = keep[keep >= row.retained]

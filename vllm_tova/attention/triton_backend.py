@@ -407,7 +407,8 @@ class TovaTritonImpl(TovaImplBase):
                 sinks=getattr(self.policy, "sinks", SINKS),
                 kv_scales=scales,
             )
-            eviction_log.record(evicted)
+            if eviction_log.ENABLED:  # the key's gather stays out of captured graphs
+                eviction_log.record(evicted, md.block_table[md.decode.rows.long(), 0])
         if md.chunks is not None:
             self._absorb(md.chunks, query, key, value, key_cache, value_cache, output, scales)
         return output
@@ -458,7 +459,8 @@ class TovaTritonImpl(TovaImplBase):
         best = torch.topk(scores, kept, dim=1, sorted=True).indices
         beyond = torch.arange(kept, device=best.device)[None] >= c.budgets[:, None]
         keep = best.masked_fill(beyond, width).sort(dim=1).values
-        eviction_log.record(keep)
+        if eviction_log.ENABLED:
+            eviction_log.record(keep, c.block_table[:, 0])
 
         # Kept retained entries stay where they are; kept chunk tokens fill, in order, the
         # logical slots in [0, K) that no kept retained entry occupies (packed-slot invariant).
