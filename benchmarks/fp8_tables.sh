@@ -7,6 +7,7 @@
 # Parts, most useful first. Estimates for one H100 80GB, REPEATS=1: the runs from the
 # 2026-12-07 H100 tables, TOVA fp8 at ~90% of the ceiling model (benchmarks/ceiling.py), plus
 # 30-75 s per engine start:
+#   llama2-7b-fp8    stock fp8, tova:512-fp8 N=16x: the >= 3x stock fp8 target, one call 6.5-7.5 min
 #   llama2-7b        stock bf16 (sizes the pool), tova:512-fp8 N=16x (448 of its ~461)  7-8.7 min
 #   llama2-7b-more   stock fp8, tova:512 bf16 (N=4x)                                    4.5-6 min
 #   llama2-7b-k256   tova:256-fp8 N=32x (896 of its ~923), tova:256 bf16 (N=4x)         5-6.5 min
@@ -22,7 +23,7 @@
 set -euo pipefail
 out=${1:?OUT_DIR}
 repeats=${2:?REPEATS}
-part=${3:?PART: llama2-7b, llama2-7b-more, llama2-7b-k256, llama3-8b, llama3-8b-more or llama3-8b-k256}
+part=${3:?PART: llama2-7b-fp8, llama2-7b, llama2-7b-more, llama2-7b-k256, llama3-8b, llama3-8b-more or llama3-8b-k256}
 common=(--workloads paper --repeats "$repeats" --out-dir "$out")
 
 # The first part's pool, as --kv-pool-tokens for a first system of cache dtype $2 (an FP8
@@ -40,6 +41,9 @@ PY
 }
 
 case "$part" in
+    llama2-7b-fp8)
+        python -m benchmarks.throughput --model llama2-7b --systems stock-fp8,tova:512-fp8@16 \
+            $(pool_of llama2-7b fp8) --tag fp8-d "${common[@]}" ;;
     llama2-7b)
         python -m benchmarks.throughput --model llama2-7b --systems stock,tova:512-fp8@16 --tag fp8-a "${common[@]}" ;;
     llama2-7b-more)
