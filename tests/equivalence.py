@@ -48,8 +48,8 @@ def prefix_agreement(out, expected: ReferenceResult) -> tuple[int | None, int, f
 def replay_log(
     log: list[int], prompt_len: int, chunk: int, budget: int, generated: int, layers: int
 ) -> list[list[list[int]]]:
-    """Per forward pass and layer, the positions one sequence retained, from the eviction log
-    of a run that held that sequence alone.
+    """Per forward pass and layer, the positions one sequence retained, from that sequence's
+    eviction log (``generate_logged``: a batch's log split by sequence).
 
     The log holds, per pass and layer: after a prompt chunk, the indices kept among [retained
     entries in logical-slot order, then the chunk's tokens]; after a decode step, the evicted
